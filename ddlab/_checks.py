@@ -1,0 +1,104 @@
+"""Input conversion and validation shared by every public function.
+
+The public boundary accepts torch tensors, numpy arrays and Python numbers. Everything is turned
+into a torch tensor here, and everything that would otherwise produce a NaN further down (a
+negative sigma_bar, a distribution that does not sum to one, a token id out of range) is refused
+here with a ValueError that names the bad value and says what was expected.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+# Tolerance for "sums to one" and "columns sum to zero" checks, relative to the size of the
+# entries involved. Loose enough for float32 inputs, tight enough to catch a real mistake.
+SUM_ATOL = 1e-6
+
+
+def as_float(x, dtype=None) -> torch.Tensor:
+    """Return `x` as a floating tensor.
+
+    Python numbers and numpy arrays become float64 (exact computations default to float64);
+    floating tensors keep their dtype unless `dtype` is given; integer tensors become float64.
+    """
+    if isinstance(x, torch.Tensor):
+        t = x
+        if dtype is not None:
+            return t.to(dtype)
+        return t if t.is_floating_point() else t.to(torch.float64)
+    t = torch.as_tensor(np.asarray(x, dtype=np.float64))
+    return t if dtype is None else t.to(dtype)
+
+
+def as_tokens(x, n: int, name: str = "x") -> torch.Tensor:
+    """Return `x` as an int64 tensor of token ids, checking 0 <= x < n."""
+    if isinstance(x, torch.Tensor):
+        t = x
+    else:
+        arr = np.asarray(x)
+        if arr.dtype.kind not in "iub":
+            if arr.size and not np.all(np.equal(np.mod(arr, 1), 0)):
+                raise ValueError(f"{name} must hold integer token ids, got {arr!r}")
+        t = torch.as_tensor(arr.astype(np.int64))
+    if t.is_floating_point() or t.is_complex():
+        raise ValueError(f"{name} must hold integer token ids, got a tensor of dtype {t.dtype}")
+    t = t.long()
+    if t.numel():
+        lo, hi = int(t.min()), int(t.max())
+        if lo < 0 or hi >= n:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"{name} holds token id {bad}, expected ids in 0..{n - 1} (n = {n})")
+    return t
+
+
+def check_sigma_bar(sigma_bar, name: str = "sigma_bar", dtype=None) -> torch.Tensor:
+    """Return sigma_bar as a floating tensor, checking it is finite and >= 0."""
+    s = as_float(sigma_bar, dtype)
+    if s.numel():
+        if not torch.isfinite(s).all():
+            raise ValueError(f"{name} must be finite, got {_first_bad(s, ~torch.isfinite(s))}")
+        if (s < 0).any():
+            raise ValueError(f"{name} must be >= 0 (it is a total noise level), "
+                             f"got {_first_bad(s, s < 0)}")
+    return s
+
+
+def check_time(t, name: str = "t") -> torch.Tensor:
+    """Return t as a floating tensor, checking 0 <= t <= 1."""
+    tt = as_float(t)
+    if tt.numel():
+        bad = ~((tt >= 0) & (tt <= 1))
+        if bad.any():
+            raise ValueError(f"{name} must lie in [0, 1], got {_first_bad(tt, bad)}")
+    return tt
+
+
+def check_distribution(p, n: int | None = None, name: str = "p", dim: int = -1) -> torch.Tensor:
+    """Return p as a float tensor, checking it is non-negative and sums to one along `dim`."""
+    pt = as_float(p)
+    if pt.dim() == 0:
+        raise ValueError(f"{name} must be a vector of probabilities, got the scalar {float(pt)}")
+    if n is not None and pt.shape[dim] != n:
+        raise ValueError(f"{name} has {pt.shape[dim]} states along dim {dim}, expected n = {n}")
+    if not torch.isfinite(pt).all():
+        raise ValueError(f"{name} must be finite, got {_first_bad(pt, ~torch.isfinite(pt))}")
+    if (pt < 0).any():
+        raise ValueError(f"{name} must be non-negative, got {_first_bad(pt, pt < 0)}")
+    total = pt.sum(dim)
+    if ((total - 1).abs() > SUM_ATOL * max(1.0, pt.shape[dim] ** 0.5)).any():
+        worst = float(total.flatten()[(total - 1).abs().flatten().argmax()])
+        raise ValueError(f"{name} must sum to 1 along dim {dim}, but sums to {worst:.8g}")
+    return pt
+
+
+def check_shape(t: torch.Tensor, shape, name: str) -> None:
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {tuple(shape)}")
+
+
+def _first_bad(t: torch.Tensor, mask: torch.Tensor) -> str:
+    idx = mask.nonzero()[0].tolist() if mask.dim() else []
+    val = t[tuple(idx)].item() if idx else t.item()
+    where = f" at index {tuple(idx)}" if idx else ""
+    return f"{val!r}{where}"

@@ -1,0 +1,475 @@
+"""Rate matrices (generators) of continuous-time Markov chains, dense and structured.
+
+Convention (DESIGN.md): ``Q[y, x]`` is the rate of jumping from x to y, off-diagonals are >= 0 and
+every column sums to zero. Distributions are column vectors, ``dp/dt = sigma(t) Q p``, and the
+transition matrix over a total noise ``sigma_bar`` is ``P = expm(sigma_bar Q)`` with
+``P[y, x] = p(x_t = y | x_0 = x)``.
+
+Two worlds use the same objects:
+
+* toy spaces, where ``.Q`` and ``.transition(sigma_bar)`` give the dense n x n matrices
+  (lesson 1), and
+* batches of token sequences, where the per-token methods below take integer tensors ``x`` of any
+  shape ``S`` and return ``S + (n,)`` arrays (lessons 3-5, 7-9 and the text8 model).
+
+The dense :class:`RateMatrix` implements the per-token methods with matrix exponentials; the
+structured :class:`Uniform` and :class:`Absorbing` override a handful of primitives with closed
+forms that cost O(n) per token and never build an n x n matrix. The loss and sampler steps
+(``score_entropy``, ``reverse_rates``, ``euler_probs``, ``tweedie_probs``) are written once, here,
+in terms of those primitives, so the fast paths and the dense path share one definition.
+
+Per-token primitives (``S`` is the shape of ``x``):
+
+=========================================  ===============================================
+``transition_from(x0, sigma_bar)``          ``P[:, x0]``, the law of x_t given x_0     S+(n,)
+``transition_to(x, sigma_bar)``             ``P[x, :]``, p(x_t = x | x_0 = y) over y    S+(n,)
+``rates_into(x)``                           ``Q[x, :]``, forward rates y -> x           S+(n,)
+``apply_inverse_transition(v, dsigma)``     ``expm(-dsigma Q) v`` for each token's v    S+(n,)
+``sample_transition(x0, sigma_bar)``        a draw of x_t given x_0                     S
+=========================================  ===============================================
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._checks import as_float, as_tokens, check_shape, check_sigma_bar
+
+
+class RateMatrix:
+    """A general generator ``Q`` of a CTMC on states 0..n-1 (introduced in lesson 1).
+
+    ``Q`` is validated: square, finite, off-diagonals >= 0, and each column summing to zero
+    within ``atol * (1 + max|Q|)`` (default ``atol = 1e-8``). It is stored in float64.
+
+    The transition ``expm(sigma_bar Q)`` is computed with ``torch.linalg.matrix_exp`` in float64:
+    Q has no special structure here, so there is no closed form, and float64 keeps the
+    scaling-and-squaring error near 1e-15 for sigma_bar up to ~50 on toy sizes (n <= a few hundred).
+    Structured subclasses replace this with closed forms.
+    """
+
+    def __init__(self, Q, atol: float = 1e-8):
+        Q = as_float(Q, torch.float64)
+        if Q.dim() != 2 or Q.shape[0] != Q.shape[1]:
+            raise ValueError(f"Q must be a square (n, n) matrix, got shape {tuple(Q.shape)}")
+        n = Q.shape[0]
+        if n < 1:
+            raise ValueError(f"Q must have at least one state, got n = {n}")
+        if not torch.isfinite(Q).all():
+            raise ValueError("Q must be finite, got a NaN or infinite entry")
+        off = Q - torch.diag(torch.diagonal(Q))
+        if (off < 0).any():
+            y, x = (off < 0).nonzero()[0].tolist()
+            raise ValueError(f"Q[{y}, {x}] = {Q[y, x].item():.6g} is a negative off-diagonal rate; "
+                             f"rates between different states must be >= 0")
+        col = Q.sum(0)
+        tol = atol * (1.0 + Q.abs().max().item())
+        if (col.abs() > tol).any():
+            x = int(col.abs().argmax())
+            raise ValueError(f"column {x} of Q sums to {col[x].item():.6g}, expected 0 "
+                             f"(tolerance {tol:.1e}); Q[y, x] is the rate x -> y, so each "
+                             f"diagonal entry must be minus the sum of its column's off-diagonals")
+        self._Q = Q
+        self.n = n
+
+    # ------------------------------------------------------------------ dense views
+    @property
+    def Q(self) -> torch.Tensor:
+        """The (n, n) generator in float64."""
+        return self._Q
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(n={self.n})"
+
+    def transition(self, sigma_bar) -> torch.Tensor:
+        """``expm(sigma_bar Q)``: (n, n) for a scalar sigma_bar, (B, n, n) for shape (B,).
+
+        ``P[y, x] = p(x_t = y | x_0 = x)``; columns sum to one. Lesson 1.
+        """
+        sb = check_sigma_bar(sigma_bar)
+        if sb.dim() > 1:
+            raise ValueError(f"sigma_bar must be a scalar or of shape (B,), got shape {tuple(sb.shape)}")
+        return self._transition(sb)
+
+    def _transition(self, sb: torch.Tensor) -> torch.Tensor:
+        Q = self._Q.to(sb.dtype)
+        return torch.linalg.matrix_exp(sb[..., None, None] * Q)
+
+    def stationary(self) -> torch.Tensor:
+        """The limit distribution pi with Q pi = 0 and sum(pi) = 1 (lesson 1).
+
+        Raises ValueError if the chain has more than one stationary distribution (the limit then
+        depends on where it starts).
+        """
+        # The null space of Q from the SVD; its dimension counts the closed classes.
+        U, S, Vh = torch.linalg.svd(self._Q)
+        tol = 1e-9 * max(1.0, S.max().item())
+        null = (S <= tol).sum().item()
+        if null != 1:
+            raise ValueError(f"this chain has {null} independent stationary distributions; "
+                             f"the limit depends on p0, so use marginal(rm, p0, sigma_bar) with a large sigma_bar")
+        v = Vh[-1]
+        v = v / v.sum()
+        return v.clamp_min(0) / v.clamp_min(0).sum()
+
+    # ------------------------------------------------------------ per-token primitives
+    def _per_token_P(self, sb: torch.Tensor) -> torch.Tensor:
+        """expm(sb Q) for every entry of sb, computing each distinct value once."""
+        flat = sb.reshape(-1)
+        uniq, inv = torch.unique(flat, return_inverse=True)
+        P = torch.linalg.matrix_exp(uniq.to(torch.float64)[:, None, None] * self._Q)
+        return P[inv].reshape(*sb.shape, self.n, self.n)
+
+    def transition_from(self, x0, sigma_bar) -> torch.Tensor:
+        """``P[:, x0]``: the law of x_t given x_0 = x0, shape S + (n,)."""
+        x0 = as_tokens(x0, self.n, "x0")
+        sb = torch.broadcast_to(check_sigma_bar(sigma_bar), x0.shape)
+        P = self._per_token_P(sb)
+        out = torch.take_along_dim(P, x0[..., None, None].expand(*x0.shape, self.n, 1), -1)[..., 0]
+        return out.to(sb.dtype)
+
+    def transition_to(self, x, sigma_bar) -> torch.Tensor:
+        """``P[x, :]``: p(x_t = x | x_0 = y) as a function of y, shape S + (n,)."""
+        x = as_tokens(x, self.n, "x")
+        sb = torch.broadcast_to(check_sigma_bar(sigma_bar), x.shape)
+        P = self._per_token_P(sb)
+        out = torch.take_along_dim(P, x[..., None, None].expand(*x.shape, 1, self.n), -2)[..., 0, :]
+        return out.to(sb.dtype)
+
+    def rates_into(self, x) -> torch.Tensor:
+        """``Q[x, :]``: the forward rate y -> x for every y, shape S + (n,) (float64)."""
+        x = as_tokens(x, self.n, "x")
+        return self._Q[x]
+
+    def apply_inverse_transition(self, v, dsigma) -> torch.Tensor:
+        """``expm(-dsigma Q) v`` for each token's vector v (shape S + (n,)), as used by Tweedie."""
+        v = as_float(v)
+        ds = check_sigma_bar(dsigma, "dsigma")
+        ds = torch.broadcast_to(ds, v.shape[:-1])
+        Pinv = self._per_token_P(-ds)   # matrix_exp of -dsigma Q; dsigma was checked >= 0 above
+        return (Pinv.to(v.dtype) @ v[..., None])[..., 0]
+
+    def sample_transition(self, x0, sigma_bar, generator=None) -> torch.Tensor:
+        """Draw x_t ~ p(x_t | x_0 = x0) for every token, shape S (lesson 1)."""
+        probs = self.transition_from(x0, sigma_bar)
+        return _sample_categorical(probs, generator)
+
+    # --------------------------------------------------- losses and reverse steps
+    def score_entropy(self, log_score, x, x0, sigma_bar) -> torch.Tensor:
+        """Denoising score entropy per token, shape S (lesson 3).
+
+        ``sum_{y != x} Q[x, y] (s_y - r_y log s_y + K(r_y))`` with ``s = exp(log_score)``,
+        ``r_y = p(y | x0) / p(x | x0)`` and ``K(a) = a (log a - 1)``. It is >= 0, and exactly 0
+        when s equals the conditional ratio r. ``x`` must be reachable from ``x0`` (p(x | x0) > 0).
+        The result has the dtype of ``log_score``.
+        """
+        log_score, x, x0, sb = self._loss_inputs(log_score, x, x0, sigma_bar)
+        p = self.transition_from(x0, sb.to(torch.float64) if sb.dtype != torch.float64 else sb)
+        px = torch.gather(p, -1, x[..., None])
+        if (px <= 0).any():
+            raise ValueError("some x_t cannot be reached from its x0 (p(x_t | x0) = 0); "
+                             "x_t should be a sample of sample_transition(x0, sigma_bar)")
+        r = (p / px).to(log_score.dtype)
+        w = self.rates_into(x).to(log_score.dtype)
+        w = w.scatter(-1, x[..., None], 0.0)        # the sum runs over y != x
+        terms = torch.exp(log_score) - r * log_score + _K(r)
+        return (w * torch.where(w > 0, terms, torch.zeros_like(terms))).sum(-1)
+
+    def reverse_rates(self, x, score) -> torch.Tensor:
+        """Reverse rates out of x, shape S + (n,) (lesson 2).
+
+        Entry y != x is ``Q[x, y] * score_y``, the rate of jumping x -> y backward in time; entry
+        x is minus their sum, so the last axis is the column x of the reverse generator Qbar.
+        """
+        x = as_tokens(x, self.n, "x")
+        score = as_float(score)
+        check_shape(score, tuple(x.shape) + (self.n,), "score")
+        rates = self.rates_into(x).to(score.dtype) * score
+        rates = rates.scatter(-1, x[..., None], 0.0)
+        return rates.scatter(-1, x[..., None], -rates.sum(-1, keepdim=True))
+
+    def euler_probs(self, x, score, dsigma) -> torch.Tensor:
+        """One Euler (tau-leaping) step's distribution over the next state, S + (n,) (lesson 5).
+
+        ``onehot(x) + dsigma * reverse_rates(x, score)``, with negative entries (a step too large
+        for the rates) clipped to zero and the result renormalised.
+        """
+        rates = self.reverse_rates(x, score)
+        ds = _expand_step(dsigma, rates)
+        probs = torch.nn.functional.one_hot(as_tokens(x, self.n), self.n).to(rates.dtype) + ds * rates
+        return _normalise(probs.clamp_min(0))
+
+    def tweedie_probs(self, x, score, dsigma) -> torch.Tensor:
+        """One Tweedie tau-leaping step's distribution over the next state, S + (n,) (lesson 5).
+
+        Proportional to ``(expm(-dsigma Q) s)_y * expm(dsigma Q)[x, y]``: the exact reverse step
+        from sigma_bar to sigma_bar - dsigma when s is the true score. Negative entries (from an
+        imperfect score) are clipped to zero before renormalising.
+        """
+        x = as_tokens(x, self.n, "x")
+        score = as_float(score)
+        check_shape(score, tuple(x.shape) + (self.n,), "score")
+        ds = check_sigma_bar(dsigma, "dsigma")
+        ds = torch.broadcast_to(ds.to(score.dtype), x.shape)
+        staggered = self.apply_inverse_transition(score, ds)
+        probs = staggered * self.transition_to(x, ds).to(score.dtype)
+        return _normalise(probs.clamp_min(0))
+
+    # ------------------------------------------------------------------ helpers
+    def _loss_inputs(self, log_score, x, x0, sigma_bar):
+        log_score = as_float(log_score)
+        x = as_tokens(x, self.n, "x")
+        x0 = as_tokens(x0, self.n, "x0")
+        if x.shape != x0.shape:
+            raise ValueError(f"x has shape {tuple(x.shape)} but x0 has shape {tuple(x0.shape)}; "
+                             f"they must match")
+        check_shape(log_score, tuple(x.shape) + (self.n,), "log_score")
+        if not torch.isfinite(log_score).all():
+            raise ValueError("log_score must be finite (a ratio of 0 or inf has no log); "
+                             "got a NaN or infinite entry")
+        sb = check_sigma_bar(sigma_bar)
+        try:
+            sb = torch.broadcast_to(sb, x.shape)
+        except RuntimeError:
+            raise ValueError(f"sigma_bar of shape {tuple(sb.shape)} does not broadcast to the "
+                             f"token shape {tuple(x.shape)}") from None
+        if (sb == 0).any():
+            raise ValueError("sigma_bar must be > 0 for the score entropy: at sigma_bar = 0 no "
+                             "token has moved and the ratios p(y|x0)/p(x|x0) are infinite")
+        return log_score, x, x0, sb
+
+
+class Uniform(RateMatrix):
+    """Uniform noise, ``Q = 1 - n I``: every state jumps to every other at rate 1 (lesson 1).
+
+    ``expm(sigma_bar Q) = e^{-n sigma_bar} I + (1 - e^{-n sigma_bar}) / n``, so x_t keeps x_0 with
+    probability e^{-n sigma_bar} and is otherwise redrawn uniformly. SEDD's code uses ``Q / n``,
+    which is the same process with sigma_bar scaled by 1/n.
+    """
+
+    def __init__(self, n: int):
+        n = _check_n(n, 1, "Uniform")
+        self.n = n
+        self._Q_cache = None
+
+    @property
+    def Q(self) -> torch.Tensor:
+        if self._Q_cache is None:
+            self._Q_cache = torch.ones(self.n, self.n, dtype=torch.float64) - self.n * torch.eye(
+                self.n, dtype=torch.float64)
+        return self._Q_cache
+
+    @property
+    def _Q(self):
+        return self.Q
+
+    def _coefs(self, sb):
+        """(a, b) with P[y, x] = a + b [y == x], computed without cancellation."""
+        b = torch.exp(-self.n * sb)
+        a = -torch.expm1(-self.n * sb) / self.n
+        return a, b
+
+    def _transition(self, sb):
+        a, b = self._coefs(sb)
+        eye = torch.eye(self.n, dtype=sb.dtype)
+        return a[..., None, None] + b[..., None, None] * eye
+
+    def stationary(self):
+        return torch.full((self.n,), 1.0 / self.n, dtype=torch.float64)
+
+    def transition_from(self, x0, sigma_bar):
+        x0 = as_tokens(x0, self.n, "x0")
+        sb = torch.broadcast_to(check_sigma_bar(sigma_bar), x0.shape)
+        a, b = self._coefs(sb)
+        out = a[..., None].expand(*x0.shape, self.n).clone()
+        return out.scatter_add(-1, x0[..., None], b[..., None])
+
+    def transition_to(self, x, sigma_bar):
+        return self.transition_from(x, sigma_bar)      # P is symmetric
+
+    def rates_into(self, x):
+        x = as_tokens(x, self.n, "x")
+        out = torch.ones(*x.shape, self.n, dtype=torch.float64)
+        return out.scatter(-1, x[..., None], 1.0 - self.n)
+
+    def apply_inverse_transition(self, v, dsigma):
+        # expm(-d Q) = e^{n d} I + (1 - e^{n d}) / n  (the same closed form at negative time)
+        v = as_float(v)
+        ds = torch.broadcast_to(check_sigma_bar(dsigma, "dsigma").to(v.dtype), v.shape[:-1])
+        nd = self.n * ds
+        return torch.exp(nd)[..., None] * v - (torch.expm1(nd) / self.n)[..., None] * v.sum(-1, keepdim=True)
+
+    def sample_transition(self, x0, sigma_bar, generator=None):
+        x0 = as_tokens(x0, self.n, "x0")
+        sb = torch.broadcast_to(check_sigma_bar(sigma_bar), x0.shape)
+        move = -torch.expm1(-self.n * sb)             # probability of a fresh uniform draw
+        u = torch.rand(x0.shape, generator=generator, dtype=torch.float64, device=x0.device)
+        fresh = torch.randint(0, self.n, x0.shape, generator=generator, device=x0.device)
+        return torch.where(u < move.to(torch.float64), fresh, x0)
+
+    def score_entropy(self, log_score, x, x0, sigma_bar):
+        log_score, x, x0, sb = self._loss_inputs(log_score, x, x0, sigma_bar)
+        n = self.n
+        sb = sb.to(log_score.dtype)
+        # r for the clean token when x != x0: p(x0|x0)/p(x|x0) = 1 + n / (e^{n sb} - 1); other y: 1.
+        # When x == x0 every y != x has r = 1 / that same number.
+        big = 1.0 + n / torch.expm1(n * sb)
+        moved = x != x0
+        s = torch.exp(log_score)
+        ls_x = torch.gather(log_score, -1, x[..., None])[..., 0]
+        s_sum = s.sum(-1) - torch.exp(ls_x)
+        ls_sum = log_score.sum(-1) - ls_x
+        ls_x0 = torch.gather(log_score, -1, x0[..., None])[..., 0]
+        # x != x0: sum_y s_y - sum_{y != x} log s_y - (big - 1) log s_x0 + K(big) - (n - 2)
+        loss_moved = s_sum - ls_sum - (big - 1) * ls_x0 + _K(big) - (n - 2)
+        # x == x0: sum_y s_y - r sum_y log s_y + (n - 1) K(r) with r = 1 / big
+        r = 1.0 / big
+        loss_kept = s_sum - r * ls_sum + (n - 1) * _K(r)
+        return torch.where(moved, loss_moved, loss_kept)
+
+
+class Absorbing(RateMatrix):
+    """Absorbing ("masking") noise: every state jumps to MASK = n - 1 at rate 1 (lesson 1).
+
+    ``Q[x, x] = -1`` and ``Q[n-1, x] = 1`` for x < n - 1; MASK never leaves. A token survives to
+    sigma_bar with probability e^{-sigma_bar} and is masked otherwise.
+    """
+
+    def __init__(self, n: int):
+        n = _check_n(n, 2, "Absorbing")
+        self.n = n
+        self.mask = n - 1
+        self._Q_cache = None
+
+    @property
+    def Q(self) -> torch.Tensor:
+        if self._Q_cache is None:
+            Q = -torch.eye(self.n, dtype=torch.float64)
+            Q[self.mask, :] += 1.0
+            self._Q_cache = Q
+        return self._Q_cache
+
+    @property
+    def _Q(self):
+        return self.Q
+
+    def _transition(self, sb):
+        keep = torch.exp(-sb)
+        out = keep[..., None, None] * torch.eye(self.n, dtype=sb.dtype)
+        out[..., self.mask, :] = (-torch.expm1(-sb))[..., None]
+        out[..., self.mask, self.mask] = 1.0
+        return out
+
+    def stationary(self):
+        pi = torch.zeros(self.n, dtype=torch.float64)
+        pi[self.mask] = 1.0
+        return pi
+
+    def transition_from(self, x0, sigma_bar):
+        x0 = as_tokens(x0, self.n, "x0")
+        sb = torch.broadcast_to(check_sigma_bar(sigma_bar), x0.shape)
+        keep = torch.exp(-sb)
+        keep = torch.where(x0 == self.mask, torch.ones_like(keep), keep)
+        out = torch.zeros(*x0.shape, self.n, dtype=sb.dtype, device=x0.device)
+        out = out.scatter(-1, x0[..., None], keep[..., None])
+        return out.index_add(-1, torch.tensor([self.mask], device=x0.device), (1 - keep)[..., None])
+
+    def transition_to(self, x, sigma_bar):
+        x = as_tokens(x, self.n, "x")
+        sb = torch.broadcast_to(check_sigma_bar(sigma_bar), x.shape)
+        is_mask = (x == self.mask)[..., None]
+        masked_row = (-torch.expm1(-sb))[..., None].expand(*x.shape, self.n).clone()
+        masked_row[..., self.mask] = 1.0
+        clean_row = torch.zeros(*x.shape, self.n, dtype=sb.dtype, device=x.device).scatter(
+            -1, x[..., None], torch.exp(-sb)[..., None])
+        return torch.where(is_mask, masked_row, clean_row)
+
+    def rates_into(self, x):
+        x = as_tokens(x, self.n, "x")
+        mask_row = torch.ones(self.n, dtype=torch.float64, device=x.device)
+        mask_row[self.mask] = 0.0
+        clean = torch.zeros(*x.shape, self.n, dtype=torch.float64, device=x.device).scatter(
+            -1, x[..., None], -1.0)
+        return torch.where((x == self.mask)[..., None], mask_row, clean)
+
+    def apply_inverse_transition(self, v, dsigma):
+        # expm(-d Q): clean entries scale by e^{d}; MASK gets v_M + (1 - e^{d}) sum_{y<M} v_y
+        v = as_float(v)
+        ds = torch.broadcast_to(check_sigma_bar(dsigma, "dsigma").to(v.dtype), v.shape[:-1])
+        clean_sum = v[..., : self.mask].sum(-1)
+        out = torch.exp(ds)[..., None] * v
+        out[..., self.mask] = v[..., self.mask] - torch.expm1(ds) * clean_sum
+        return out
+
+    def sample_transition(self, x0, sigma_bar, generator=None):
+        x0 = as_tokens(x0, self.n, "x0")
+        sb = torch.broadcast_to(check_sigma_bar(sigma_bar), x0.shape)
+        u = torch.rand(x0.shape, generator=generator, dtype=torch.float64, device=x0.device)
+        masked = u < (-torch.expm1(-sb)).to(torch.float64)
+        return torch.where(masked, torch.full_like(x0, self.mask), x0)
+
+    def score_entropy(self, log_score, x, x0, sigma_bar):
+        log_score, x, x0, sb = self._loss_inputs(log_score, x, x0, sigma_bar)
+        M = self.mask
+        if ((x != M) & (x != x0)).any():
+            raise ValueError("some x_t cannot be reached from its x0: an absorbing chain only keeps "
+                             "a token or masks it; x_t should be a sample of sample_transition")
+        sb = sb.to(log_score.dtype)
+        # At a masked position r_y = 0 except r_{x0} = e^{-sb} / (1 - e^{-sb}) = 1 / expm1(sb);
+        # at an unmasked position the chain has no reverse moves and the loss is zero.
+        r = 1.0 / torch.expm1(sb)
+        s_sum = torch.exp(log_score[..., :M]).sum(-1)
+        x0c = x0.clamp_max(M - 1)
+        ls_x0 = torch.gather(log_score, -1, x0c[..., None])[..., 0]
+        clean_x0 = x0 != M
+        loss = s_sum + torch.where(clean_x0, -r * ls_x0 + _K(r), torch.zeros_like(r))
+        return torch.where(x == M, loss, torch.zeros_like(loss))
+
+
+# ---------------------------------------------------------------------- utilities
+def _check_n(n, least: int, what: str) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) and not (hasattr(n, "__index__")):
+        raise ValueError(f"{what}(n) needs an integer number of states, got {n!r}")
+    n = int(n)
+    if n < least:
+        extra = " (the last state is MASK, so at least one real state and MASK)" if least == 2 else ""
+        raise ValueError(f"{what}(n) needs n >= {least}{extra}, got n = {n}")
+    return n
+
+
+def _K(a: torch.Tensor) -> torch.Tensor:
+    """K(a) = a (log a - 1), with K(0) = 0."""
+    return torch.xlogy(a, a) - a
+
+
+def _normalise(probs: torch.Tensor) -> torch.Tensor:
+    total = probs.sum(-1, keepdim=True)
+    if (total <= 0).any():
+        raise ValueError("a step produced an all-zero distribution over next states; "
+                         "check the score (it may be zero or negative everywhere)")
+    return probs / total
+
+
+def _expand_step(dsigma, like: torch.Tensor) -> torch.Tensor:
+    ds = check_sigma_bar(dsigma, "dsigma").to(like.dtype)
+    return torch.broadcast_to(ds, like.shape[:-1])[..., None]
+
+
+def _sample_categorical(probs: torch.Tensor, generator=None) -> torch.Tensor:
+    """Inverse-CDF draw from the last axis of `probs` (rows sum to one)."""
+    u = torch.rand(probs.shape[:-1] + (1,), generator=generator, dtype=probs.dtype,
+                   device=probs.device)
+    cdf = probs.cumsum(-1)
+    idx = torch.searchsorted(cdf, u * cdf[..., -1:], right=True)[..., 0]
+    return idx.clamp_max(probs.shape[-1] - 1)
+
+
+def sample_categorical(probs, generator=None) -> torch.Tensor:
+    """Draw one state per row of ``probs`` (shape S + (n,), rows non-negative). Lesson 1."""
+    probs = as_float(probs)
+    if (probs < 0).any() or not torch.isfinite(probs).all():
+        raise ValueError("probs must be finite and non-negative")
+    return _sample_categorical(probs, generator)
+
+
+__all__ = ["RateMatrix", "Uniform", "Absorbing", "sample_categorical"]
