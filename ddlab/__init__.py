@@ -23,7 +23,7 @@ evaluate, sample       sampling and infilling
 =====================  ==========================================================  ======
 """
 
-from . import exact, paths, plotting, rate_matrices, schedules, sequences
+from . import course, exact, paths, plotting, rate_matrices, schedules, sequences
 from .exact import concrete_score, marginal, posterior, reverse_rate_matrix, tweedie_denoiser
 from .paths import gillespie
 from .plotting import save_figure

@@ -1,0 +1,39 @@
+"""Small conveniences every lesson's setup cell uses (all lessons).
+
+``lesson_scale()`` is the one size knob: "small" on a CPU and under nbval (so a lesson runs in about
+a minute on two cores), "full" when a GPU is present. ``DDLAB_SCALE=small|full`` overrides it.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+_SCALES = ("small", "full")
+
+
+def lesson_scale() -> str:
+    """"small" or "full": from ``$DDLAB_SCALE`` if set, else "full" only when CUDA is available."""
+    env = os.environ.get("DDLAB_SCALE")
+    if env is not None:
+        if env not in _SCALES:
+            raise ValueError(f"DDLAB_SCALE must be one of {_SCALES}, got {env!r}")
+        return env
+    return "full" if torch.cuda.is_available() else "small"
+
+
+def default_device() -> torch.device:
+    """CUDA when available, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def setup(seed: int = 0) -> str:
+    """Seed torch, apply the figure style, and return the lesson scale. One call per lesson."""
+    from .plotting import use_style
+    torch.manual_seed(seed)
+    use_style()
+    return lesson_scale()
+
+
+__all__ = ["lesson_scale", "default_device", "setup"]
