@@ -7,7 +7,7 @@ EXTRAS ?= course
 STAMP  := $(VENV)/.ddlab-installed
 PYTEST_WORKERS ?= 2
 
-.PHONY: lab test test-unit test-lessons figures clean-venv
+.PHONY: lab test test-unit test-lessons test-browser figures clean-venv
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "ddlab needs Python >= 3.10, found " + sys.version.split()[0])'
@@ -34,6 +34,12 @@ test-unit: $(STAMP)
 # Each notebook stays on one worker (--dist loadfile): its cells share one kernel.
 test-lessons: $(STAMP)
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --nbval-lax --nbval-current-env lessons/
+
+# Lessons in a real browser: JupyterLab + Debian's headless Chromium driven by Playwright; runs
+# every lesson with widgets, moves each slider and dropdown, and saves screenshots to
+# tests/browser/screenshots/. Installs chromium (apt, as root) and playwright (pip) when missing.
+test-browser: $(STAMP)
+	PY=$(PY) bash .ci/browser_test.sh
 
 # Re-execute every lesson headless, in order, rewriting its outputs and the PNGs in figures/.
 figures: $(STAMP)

@@ -11,6 +11,8 @@ schedules              LogLinear, Geometric                                     
 exact                  marginal, concrete_score, reverse_rate_matrix, posterior,   1, 2
                        tweedie_denoiser
 paths                  exact Gillespie paths, forward and reverse                  1, 2
+widgets                the logic behind the lesson sliders (WIDGETS registry)      1, 2
+course                 setup(): seed, figure style, the lesson's size knob          all
 plotting               the course figure style and save_figure                     all
 losses                 SE, ISE, DSE, DWDSE, CSM and their exact floors             3
 toy                    toy score networks and their training loop                  4
@@ -23,13 +25,16 @@ evaluate, sample       sampling and infilling
 =====================  ==========================================================  ======
 """
 
-from . import course, exact, paths, plotting, rate_matrices, schedules, sequences
+from . import (course, exact, likelihood, losses, mdlm, paths, plotting, rate_matrices, sampling,
+               schedules, sequences, toy, widgets)
 from .exact import concrete_score, marginal, posterior, reverse_rate_matrix, tweedie_denoiser
-from .paths import gillespie
+from .likelihood import exact_nll, nll_bound
+from .paths import gillespie, reverse_gillespie, reverse_kernel, reverse_ode, reverse_paths
 from .plotting import save_figure
 from .rate_matrices import Absorbing, RateMatrix, Uniform, sample_categorical
 from .schedules import Geometric, LogLinear
-from .sequences import exact_score_fn
+from .sequences import (condition, exact_reverse_kernel, exact_score_fn, factorisation_kl,
+                        joint_posterior, markov_toy, parity_toy, product_marginal, words_toy)
 
 __version__ = "0.1.0"
 
@@ -37,5 +42,9 @@ __all__ = [
     "RateMatrix", "Uniform", "Absorbing", "sample_categorical",
     "LogLinear", "Geometric",
     "marginal", "concrete_score", "reverse_rate_matrix", "posterior", "tweedie_denoiser",
-    "gillespie", "save_figure", "exact_score_fn",
+    "gillespie", "reverse_kernel", "reverse_paths", "reverse_gillespie", "reverse_ode",
+    "save_figure",
+    "nll_bound", "exact_nll",
+    "exact_score_fn", "product_marginal", "joint_posterior", "exact_reverse_kernel",
+    "factorisation_kl", "condition", "words_toy", "markov_toy", "parity_toy",
 ]

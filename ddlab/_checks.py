@@ -92,6 +92,22 @@ def check_distribution(p, n: int | None = None, name: str = "p", dim: int = -1) 
     return pt
 
 
+def broadcast(t: torch.Tensor, shape, name: str, against: str = "the token shape",
+              device=None) -> torch.Tensor:
+    """``torch.broadcast_to`` with a ValueError naming both shapes when they do not broadcast.
+
+    With ``device`` the tensor is moved there first: a Python-number sigma_bar becomes a CPU
+    tensor, which must follow the tokens onto the GPU before it is broadcast against them.
+    """
+    if device is not None:
+        t = t.to(device)
+    try:
+        return torch.broadcast_to(t, tuple(shape))
+    except RuntimeError:
+        raise ValueError(f"{name} of shape {tuple(t.shape)} does not broadcast to {against} "
+                         f"{tuple(shape)}") from None
+
+
 def check_shape(t: torch.Tensor, shape, name: str) -> None:
     if tuple(t.shape) != tuple(shape):
         raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {tuple(shape)}")

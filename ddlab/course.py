@@ -33,7 +33,12 @@ def setup(seed: int = 0) -> str:
     from .plotting import use_style
     torch.manual_seed(seed)
     use_style()
-    return lesson_scale()
+    scale = lesson_scale()
+    if scale == "small" and not torch.cuda.is_available():
+        # Toy tensors are tiny: a second thread only adds synchronisation, and under nbval two
+        # lessons share the two cores of a CI machine. One thread is both faster and repeatable.
+        torch.set_num_threads(1)
+    return scale
 
 
 __all__ = ["lesson_scale", "default_device", "setup"]

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import as_float, as_tokens, check_distribution, check_shape, check_sigma_bar
+from ._checks import (as_float, as_tokens, broadcast, check_distribution, check_shape,
+                      check_sigma_bar)
 from .rate_matrices import RateMatrix
 
 
@@ -27,7 +28,8 @@ def marginal(rm, p0, sigma_bar) -> torch.Tensor:
     p0 = check_distribution(p0, rm.n, "p0").to(torch.float64)
     if p0.dim() != 1:
         raise ValueError(f"p0 must be a vector of shape ({rm.n},), got shape {tuple(p0.shape)}")
-    P = rm.transition(sigma_bar)
+    # exact: float64 even for a float32 sigma_bar (which would otherwise clash with p0's dtype)
+    P = rm.transition(check_sigma_bar(sigma_bar).to(torch.float64))
     return P @ p0
 
 
@@ -68,6 +70,11 @@ def reverse_rate_matrix(Q, p) -> torch.Tensor:
     Qbar = torch.where(p[None, :] > 0, Qbar, torch.zeros_like(Qbar))
     Qbar.fill_diagonal_(0.0)
     Qbar -= torch.diag(Qbar.sum(0))
+    if not torch.isfinite(Qbar).all():
+        # p[y] / p[x] overflows when p[x] is tiny but not zero (e.g. a subnormal 1e-310)
+        x = int((~torch.isfinite(Qbar)).any(0).nonzero()[0])
+        raise ValueError(f"the reverse rates out of state {x} overflow: p[{x}] = {p[x].item():.3g} "
+                         f"is too small for the ratios p[y] / p[{x}] to be finite in float64")
     return Qbar
 
 
@@ -79,7 +86,9 @@ def posterior(rm, p0, sigma_bar) -> torch.Tensor:
     """
     rm = as_rate_matrix(rm)
     p0 = check_distribution(p0, rm.n, "p0").to(torch.float64)
-    P = rm.transition(sigma_bar)
+    if p0.dim() != 1:
+        raise ValueError(f"p0 must be a vector of shape ({rm.n},), got shape {tuple(p0.shape)}")
+    P = rm.transition(check_sigma_bar(sigma_bar).to(torch.float64))
     joint = P.transpose(-1, -2) * p0[:, None]            # joint[x0, x] = p0[x0] P[x, x0]
     pt = joint.sum(-2, keepdim=True)
     return torch.where(pt > 0, joint / torch.where(pt > 0, pt, torch.ones_like(pt)),
@@ -100,7 +109,7 @@ def tweedie_denoiser(rm, sigma_bar, score, x) -> torch.Tensor:
     check_shape(score, tuple(x.shape) + (rm.n,), "score")
     if not torch.isfinite(score).all():
         raise ValueError("score must be finite")
-    sb = torch.broadcast_to(sb, x.shape)
+    sb = broadcast(sb, x.shape, "sigma_bar", "the shape of x")
     return rm.apply_inverse_transition(score, sb) * rm.transition_to(x, sb).to(torch.float64)
 
 

@@ -1,0 +1,160 @@
+"""Training configuration: one plain dataclass, named presets, command-line overrides (lesson 9).
+
+    cfg = make_config("tiny-cpu", ["--objective", "uniform", "--lr=1e-3"])
+
+Every field of :class:`TrainConfig` is a ``--key value`` (or ``--key=value``) override; the type
+comes from the field's default. An unknown preset or key, or a value of the wrong type, raises
+ValueError listing what is valid.
+
+Noise processes and their scaling (DESIGN.md):
+
+* ``absorb``: ``ddlab.Absorbing(28)`` (MASK = 27) with ``LogLinear(noise_eps)``, as SEDD.
+* ``uniform``: ``ddlab.Uniform(27)`` with ddlab's ``Q = 1 - nI`` (off-diagonal rates 1). SEDD's code
+  uses ``Q / n`` with a Geometric schedule from 1e-4 to 20; the same process in ddlab's units has
+  sigma_bar divided by n, so the schedule here is ``Geometric(uniform_sigma_min / n,
+  uniform_sigma_max / n)`` (``UNIFORM_Q_SCALING`` says this in one line, and checkpoints store it).
+* ``ar``: the causal baseline, trained with next-character cross-entropy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+UNIFORM_Q_SCALING = ("ddlab Uniform: Q = 1 - nI; SEDD's code uses Q/n with Geometric(1e-4, 20), "
+                     "so here sigma_bar runs over Geometric(1e-4/n, 20/n), the same process")
+
+
+@dataclass
+class TrainConfig:
+    # ---- model
+    objective: str = "absorb"      # absorb | uniform | ar
+    n_layer: int = 4
+    n_head: int = 4
+    d_model: int = 128
+    cond_dim: int = 64
+    seq_len: int = 128
+    dropout: float = 0.0
+    # ---- data
+    data: str = "text8"            # text8 | fallback | path of a text8-format .txt file
+    fallback: bool = True          # use the pydoc corpus (loudly) when text8 is missing
+    # ---- noise
+    noise_eps: float = 1e-3        # LogLinear eps: sigma_bar(1) = -log(noise_eps)
+    t_eps: float = 1e-3            # training times t ~ U(t_eps, 1), stratified over the batch
+    uniform_sigma_min: float = 1e-4   # SEDD's units (Q/n); divided by n here
+    uniform_sigma_max: float = 20.0
+    # ---- optimisation
+    batch_size: int = 32           # per process (DDP: each rank draws its own batch)
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    warmup: int = 50               # linear warmup steps, then constant (as SEDD)
+    grad_clip: float = 1.0
+    ema: float = 0.99
+    max_steps: int = 300
+    time_budget_s: float = 0.0     # > 0: also stop after this many seconds of training
+    # ---- runtime
+    seed: int = 0
+    device: str = "auto"           # auto | cpu | cuda
+    bf16: bool = True              # bf16 autocast (only on CUDA)
+    compile: bool = False          # torch.compile the model
+    threads: int = 0               # > 0: torch.set_num_threads on CPU
+    # ---- bookkeeping
+    eval_every: int = 0            # 0: evaluate only at the end
+    eval_batches: int = 4
+    ckpt_every: int = 0            # 0: checkpoint only at the end
+    log_every: int = 10
+    progress: bool = True          # tqdm bar
+    out: str = "runs/default"
+    preset: str = field(default="tiny-cpu")
+
+
+PRESETS: dict[str, dict] = {
+    # ~1M parameters; ~100-200 steps of 16 x 128 characters in a minute on a CPU. One thread:
+    # on a shared 2-core machine two threads were 6x slower per step than one (contention).
+    "tiny-cpu": dict(n_layer=4, n_head=4, d_model=128, cond_dim=64, seq_len=128, batch_size=16,
+                     lr=3e-3, warmup=20, ema=0.99, max_steps=200, threads=1),
+    # In between: ~11M parameters, a few minutes on one GPU.
+    "mini": dict(n_layer=6, n_head=6, d_model=384, cond_dim=128, seq_len=256, batch_size=128,
+                 lr=1e-3, warmup=500, ema=0.999, max_steps=20_000, eval_every=1000,
+                 ckpt_every=1000),
+    # SEDD's "small": 12 layers, 768 wide, 12 heads, seq 256 (~90M parameters).
+    "small": dict(n_layer=12, n_head=12, d_model=768, cond_dim=128, seq_len=256, batch_size=256,
+                  lr=3e-4, warmup=2500, ema=0.9999, max_steps=400_000, eval_every=5000,
+                  ckpt_every=5000),
+}
+
+
+def field_types() -> dict[str, type]:
+    return {f.name: type(f.default) for f in dataclasses.fields(TrainConfig)}
+
+
+def _convert(key: str, raw: str, typ: type):
+    try:
+        if typ is bool:
+            low = raw.lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if typ is int:
+            return int(raw)
+        if typ is float:
+            return float(raw)
+        return str(raw)
+    except ValueError:
+        hint = "true/false" if typ is bool else typ.__name__
+        raise ValueError(f"--{key} expects a value of type {hint}, got {raw!r}") from None
+
+
+def parse_overrides(args: list[str]) -> dict:
+    """``["--lr", "1e-3", "--bf16=false"]`` -> ``{"lr": 1e-3, "bf16": False}``, typed and checked."""
+    types = field_types()
+    out, i = {}, 0
+    while i < len(args):
+        tok = args[i]
+        if not tok.startswith("--"):
+            raise ValueError(f"expected --key value, got {tok!r}")
+        key, eq, raw = tok[2:].partition("=")
+        key = key.replace("-", "_")
+        if key not in types:
+            raise ValueError(f"unknown option --{key}; valid options: "
+                             + ", ".join(f"--{k}" for k in types))
+        if not eq:
+            if i + 1 >= len(args):
+                raise ValueError(f"--{key} needs a value")
+            raw, i = args[i + 1], i + 1
+        out[key] = _convert(key, raw, types[key])
+        i += 1
+    return out
+
+
+def make_config(preset: str = "tiny-cpu", overrides=None) -> TrainConfig:
+    """A TrainConfig from a preset plus overrides (a dict, or a list of ``--key value`` strings)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
+    values = dict(PRESETS[preset])
+    if isinstance(overrides, (list, tuple)):
+        overrides = parse_overrides(list(overrides))
+    overrides = dict(overrides or {})
+    types = field_types()
+    for k, v in overrides.items():
+        if k not in types:
+            raise ValueError(f"unknown option {k!r}; valid options: {', '.join(types)}")
+        if types[k] is float and isinstance(v, int) and not isinstance(v, bool):
+            v = float(v)
+        if not isinstance(v, types[k]) or (types[k] is int and isinstance(v, bool)):
+            raise ValueError(f"option {k!r} expects {types[k].__name__}, got {v!r}")
+        overrides[k] = v
+    values.update(overrides)
+    cfg = TrainConfig(preset=preset, **values)
+    if cfg.objective not in ("absorb", "uniform", "ar"):
+        raise ValueError(f"objective must be 'absorb', 'uniform' or 'ar', got {cfg.objective!r}")
+    if cfg.device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {cfg.device!r}")
+    return cfg
+
+
+__all__ = ["TrainConfig", "PRESETS", "UNIFORM_Q_SCALING", "make_config", "parse_overrides"]

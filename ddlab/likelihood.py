@@ -1,0 +1,297 @@
+"""The likelihood bound of SEDD: DWDSE plus a prior term, and the exact NLL on toys (lesson 6).
+
+For a score function ``s_theta`` define the model as the reverse CTMC with rates
+``Q[x_i, y] s_theta(x)_{i,y}``, started from the base law ``p_base`` at t = 1. Comparing the path
+of the forward process *given x0* with the model's path (the KL divergence of two CTMC path
+measures) gives, for every sequence x0,
+
+    -log p_theta(x0) <= int_eps^1 sigma(t) E_{x_t ~ p(.|x0)} sum_i DSE_i(x_t, x0, t) dt
+                        + KL(p_{1|0}(. | x0) || p_base)                               (1)
+
+where ``DSE_i = sum_{y != x_i} Q[x_i, y] (s_y - r_y log s_y + K(r_y))`` is the denoising score
+entropy (``rm.score_entropy``) with the conditional ratios ``r_y = p(y | x0) / p(x_i | x0)``:
+the integrand is exactly the KL rate between the reverse chain of the forward process given x0
+(rates ``Q r``) and the model (rates ``Q s``). :func:`nll_bound` estimates (1) in nats per
+sequence.
+
+Three things decide how tight it is, and each is documented and measured in lesson 6:
+
+* **Monte Carlo.** t is *stratified*: stratum j of ``num_t`` gets ``t = (j + U_j) / num_t``
+  (rescaled to [eps, 1]), and x_t one draw per t. The standard error comes from differences of
+  adjacent strata (slightly conservative).
+* **eps.** The integral starts at ``t = eps``, not 0. With the exact score the right-hand side
+  of (1) then equals ``KL(p(x_eps | x0) || p_eps)`` (plus the prior mismatch below), which tends
+  to ``-log p0(x0)`` as ``sigma_bar(eps) -> 0``; :func:`bound_limit` computes it exactly on a
+  toy. (Under LogLinear, ``sigma_bar(eps) ~ eps`` and the gap is O(d eps); under Geometric,
+  ``sigma_bar(0) = sigma_min > 0`` and the gap stays O(d n sigma_min) even at eps = 0.) The gap
+  can go either way: averaged over x0 ~ p0 the eps-limit is the mutual information
+  ``I(x0; x_eps) <= H(p0)``, so without more the "bound" may dip below the true NLL by
+  ``H(x0 | x_eps)``. ``reconstruction=True`` adds the missing term
+  ``E[-log D(x0 | x_eps)]`` of the final denoising step and makes (1) a true bound at any eps.
+* **The prior.** For :class:`Uniform` and any general rate matrix, ``p_base`` is the
+  stationary law per token and the prior term is ``sum_i KL(P[:, x0_i] at sigma_bar(1) || pi)``,
+  computed in closed form. For :class:`Absorbing`, ``p_base`` is all-MASK, and the KL to it is
+  *infinite* whenever ``sigma_bar(1) < inf`` (LogLinear(eps) leaves each token unmasked with
+  probability eps at t = 1). We therefore continue the forward process to ``sigma_bar = inf``,
+  where it *is* all-MASK, so the prior term is exactly 0, and integrate the DWDSE over
+  ``[sigma_bar(eps), inf)`` in the masking probability ``u = 1 - e^{-sigma_bar}``
+  (``d sigma_bar = du / (1 - u)``; u is t for LogLinear(0)), drawn as ``u = w^2`` with w
+  stratified, which tames the variance of the low-noise end where few tokens are masked. Beyond
+  ``sigma_bar(1)`` the score is evaluated at ``sigma_bar(1)`` and rescaled by the exact time
+  dependence of every absorbing score, ``s_y ∝ 1 / (e^{sigma_bar} - 1)`` at a masked token. This
+  extra piece is O(e^{-sigma_bar(1)}) of the total (0.1% for LogLinear(1e-3)), and it makes (1)
+  a bound for exactly the model that ``ddlab.sampling.sample`` runs from all-MASK.
+
+Zero ratios: the log of a ratio is clamped at ``LOG_FLOOR`` = -50 before the loss. A ratio of 0
+where the data has r_y > 0 makes the true bound infinite; the floor turns that into a large
+finite penalty (50 r_y nats) instead of an inf or NaN. Where r_y = 0 the floor changes nothing.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._checks import as_float, as_tokens
+from .exact import as_rate_matrix
+from .rate_matrices import Absorbing
+from .sampling import _denoise_probs, all_sequences, check_scores
+from .sequences import product_marginal
+
+LOG_FLOOR = -50.0
+
+
+def _check_x0(x0, n):
+    x0 = as_tokens(x0, n, "x0")
+    if x0.dim() != 2 or x0.shape[0] < 1 or x0.shape[1] < 1:
+        raise ValueError(f"x0 must be a (B, d) batch of token sequences, got shape {tuple(x0.shape)}")
+    return x0
+
+
+def _check_eps(eps):
+    if not (isinstance(eps, (int, float)) and 0 < eps < 1):
+        raise ValueError(f"eps must lie in (0, 1) (the smallest time of the integral), got {eps!r}")
+
+
+def _log_expm1(x: torch.Tensor) -> torch.Tensor:
+    """log(e^x - 1) without overflow for large x or cancellation for small x (x > 0)."""
+    return torch.where(x > 20, x + torch.log1p(-torch.exp(-x)), torch.log(torch.expm1(x.clamp_max(20))))
+
+
+def prior_kl(rm, x0, sigma_bar_T) -> torch.Tensor:
+    """``sum_i KL(P[:, x0_i] at sigma_bar_T || pi)`` per sequence, pi the stationary law (lesson 6).
+
+    The prior term of the bound for a rate matrix with a unique, full-support stationary law
+    (Uniform: pi uniform). For :class:`Absorbing` the bound uses no prior term (see the module
+    docstring), and this function raises ValueError.
+    """
+    rm = as_rate_matrix(rm)
+    if isinstance(rm, Absorbing):
+        raise ValueError("the all-MASK prior of an absorbing chain has KL = inf at finite "
+                         "sigma_bar(1); nll_bound integrates to sigma_bar = inf instead")
+    x0 = as_tokens(x0, rm.n, "x0")
+    P = rm.transition_from(x0, torch.as_tensor(float(sigma_bar_T), dtype=torch.float64,
+                                               device=x0.device))
+    pi = rm.stationary().to(P)
+    terms = torch.xlogy(P, P) - torch.xlogy(P, pi.expand_as(P))
+    kl = terms.sum(-1)
+    return kl.reshape(x0.shape[0], -1).sum(-1) if x0.dim() > 1 else kl
+
+
+def _log_scores(score_fn, rm, x_t, sb, sb_T):
+    """Validated log-ratios, clamped at LOG_FLOOR; for Absorbing beyond sigma_bar(1), rescaled."""
+    absorbing = isinstance(rm, Absorbing)
+    sb_call = sb.clamp_max(sb_T) if absorbing else sb
+    s = check_scores(score_fn(x_t, sb_call), x_t, rm.n)
+    log_s = torch.log(s).clamp_min(LOG_FLOOR)
+    if absorbing:
+        # every absorbing ratio out of MASK scales as 1 / (e^{sigma_bar} - 1): move it from
+        # sb_call to sb (a no-op where sb <= sigma_bar(1))
+        shift = (_log_expm1(sb_call) - _log_expm1(sb)).to(log_s.dtype)             # (B,)
+        clean = torch.arange(rm.n, device=x_t.device) != rm.mask
+        where = (x_t == rm.mask)[..., None] & clean
+        log_s = log_s + torch.where(where, shift[:, None, None], torch.zeros_like(log_s))
+    return log_s
+
+
+def nll_bound(score_fn, x0, rm, schedule, num_t=64, *, generator=None, eps=1e-5,
+              return_stderr=False, shared_t=False, reconstruction=False):
+    """Upper bound on ``-log p_theta(x0)`` in nats, one per sequence: DWDSE + prior (lesson 6).
+
+    ``x0`` is a (B, d) int64 batch; ``score_fn(x_t, sigma_bar) -> (B, d, n)`` ratios (an oracle
+    or a network). The integral over t in [eps, 1] is estimated with ``num_t`` stratified times
+    per sequence, each with one draw of x_t; for Absorbing it runs on to sigma_bar = inf and the
+    prior term is 0, otherwise the prior is ``prior_kl`` (module docstring). Batched over
+    sequences and positions (one score_fn call of batch B per stratum) and on ``x0.device``.
+    ``shared_t=True`` uses the same stratified time for every sequence of a stratum (x_t still
+    drawn independently): each sequence's estimate stays unbiased, and an exact oracle, which
+    computes one marginal per distinct sigma_bar, runs B times faster; errors are then correlated
+    across the batch. ``reconstruction=True`` adds the term that closes the eps gap,
+    ``E_{x_eps ~ p(.|x0)} [-sum_i log D_i(x0_i | x_eps)]`` with D the final Tweedie denoising
+    step of ``ddlab.sampling.sample`` (one more draw per stratum): the result is then a true
+    upper bound on ``-log`` of the law of the model *with* its denoising step, at any eps.
+    Returns a float64 tensor (B,), and with ``return_stderr`` also its Monte Carlo standard
+    error (B,).
+    """
+    rm = as_rate_matrix(rm)
+    x0 = _check_x0(x0, rm.n)
+    if isinstance(num_t, bool) or not isinstance(num_t, int) or num_t < 1:
+        raise ValueError(f"num_t must be a positive integer, got {num_t!r}")
+    _check_eps(eps)
+    device = x0.device
+    B = x0.shape[0]
+    f64 = dict(dtype=torch.float64, device=device)
+    sb_lo = float(schedule.sigma_bar(eps))
+    sb_T = float(schedule.sigma_bar(1.0))
+    absorbing = isinstance(rm, Absorbing)
+    w_lo = math.sqrt(-math.expm1(-sb_lo))
+    values = torch.empty(num_t, B, **f64)
+    for j in range(num_t):
+        u01 = torch.rand(1 if shared_t else B, generator=generator, **f64).expand(B)
+        frac = (j + u01) / num_t
+        if absorbing:
+            # u = 1 - e^{-sigma_bar}, the masking probability, drawn as u = w^2 with w
+            # stratified on [sqrt(u_lo), 1): density 1 / (2 w (1 - sqrt(u_lo))). Uniform u would
+            # give the low-noise end (few masks, weight 1/u) a variance growing like log(1/eps).
+            one_minus_w = (1 - w_lo) * (1 - frac)
+            w = 1 - one_minus_w
+            v = (one_minus_w * (1 + w)).clamp_min(1e-300)              # 1 - u, without cancellation
+            sb = -torch.log(v)
+            weight = 2 * w * (1 - w_lo) / v                             # (d sigma_bar / du) / density
+        else:
+            t = eps + (1 - eps) * frac
+            sb = schedule.sigma_bar(t).to(**f64)
+            weight = (1 - eps) * schedule.sigma(t).to(**f64)
+        x_t = rm.sample_transition(x0, sb[:, None], generator=generator)
+        log_s = _log_scores(score_fn, rm, x_t, sb, sb_T)
+        dse = rm.score_entropy(log_s, x_t, x0, sb[:, None].to(log_s.dtype)).sum(-1)
+        values[j] = weight * dse.to(torch.float64)
+        if reconstruction:
+            values[j] += _reconstruction(score_fn, rm, x0, sb_lo, generator)
+    if not torch.isfinite(values).all():
+        raise ValueError("the score entropy came out infinite or NaN; check the score function "
+                         "and that the schedule's sigma is finite on [eps, 1]")
+    bound = values.mean(0)
+    if not absorbing:
+        bound = bound + prior_kl(rm, x0, sb_T).to(**f64)
+    if not return_stderr:
+        return bound
+    return bound, _stratified_stderr(values)
+
+
+def _reconstruction(score_fn, rm, x0, sb_lo, generator):
+    """One draw of ``-sum_i log D_i(x0_i | x_eps)``, x_eps ~ p(.|x0) at sigma_bar(eps), (B,)."""
+    sb = torch.tensor(sb_lo, dtype=torch.float64, device=x0.device)
+    x_eps = rm.sample_transition(x0, sb, generator=generator)
+    out = torch.zeros(x0.shape[0], dtype=torch.float64, device=x0.device)
+    # under absorbing noise an unmasked sequence is denoised to itself with probability 1
+    if isinstance(rm, Absorbing):
+        rows = (x_eps == rm.mask).any(-1)
+    else:
+        rows = torch.ones_like(out, dtype=torch.bool)
+    if rows.any():
+        probs = _denoise_probs(score_fn, rm, x_eps[rows], sb_lo)
+        p_x0 = torch.gather(probs, -1, x0[rows][..., None])[..., 0]
+        out[rows] = -torch.log(p_x0).clamp_min(LOG_FLOOR).sum(-1).to(torch.float64)
+    return out
+
+
+def _stratified_stderr(values: torch.Tensor) -> torch.Tensor:
+    """Standard error of the mean of one draw per stratum, values of shape (num_t, B).
+
+    Adjacent strata are paired: E[(f_a - f_b)^2] >= Var f_a + Var f_b, so
+    ``sum_pairs (f_a - f_b)^2 / num_t^2`` is a (slightly conservative) estimate of the variance
+    of the stratified mean. With an odd num_t the plain i.i.d. formula is used.
+    """
+    N = values.shape[0]
+    if N < 2:
+        return torch.full(values.shape[1:], math.inf, dtype=values.dtype, device=values.device)
+    if N % 2:
+        return values.std(0) / math.sqrt(N)
+    diff = values[0::2] - values[1::2]
+    return (diff ** 2).sum(0).sqrt() / N
+
+
+def exact_nll(p0, x0) -> torch.Tensor:
+    """``-log p0[x0]`` per sequence, float64 (B,), for a joint p0 of shape (n,)*d (lesson 6).
+
+    ``inf`` for a sequence of probability 0.
+    """
+    p0 = as_float(p0, torch.float64)
+    if p0.dim() < 1 or len(set(p0.shape)) != 1:
+        raise ValueError(f"p0 must have shape (n,)*d, got {tuple(p0.shape)}")
+    n, d = p0.shape[0], p0.dim()
+    if (p0 < 0).any() or abs(p0.sum().item() - 1) > 1e-6:
+        raise ValueError("p0 must be non-negative and sum to 1")
+    x0 = _check_x0(x0, n)
+    if x0.shape[1] != d:
+        raise ValueError(f"x0 has {x0.shape[1]} tokens per sequence but p0 has d = {d}")
+    return -torch.log(p0.to(x0.device)[tuple(x0.T)])
+
+
+def _sequence_kernel(rm, sigma_bar, x0, states):
+    """q[b, j] = prod_i P[states[j, i], x0[b, i]] = p(x_t = states[j] | x0[b])."""
+    P = rm.transition(torch.as_tensor(float(sigma_bar), dtype=torch.float64))
+    q = torch.ones(x0.shape[0], states.shape[0], dtype=torch.float64)
+    for i in range(x0.shape[1]):
+        q = q * P[states[:, i][None, :], x0[:, i][:, None]]
+    return q
+
+
+def _kl_rows(q, p):
+    """sum_j q[b, j] log(q[b, j] / p[j]) per row; inf where p = 0 < q."""
+    terms = torch.xlogy(q, q) - torch.xlogy(q, p.expand_as(q))
+    return terms.sum(-1)
+
+
+def _exact_reconstruction(p0, x0, q_eps, kernel):
+    """sum_x q_eps[b, x] (-sum_i log p(x0_i = x0[b, i] | x_eps = x)), posteriors by Bayes."""
+    n, d = p0.shape[0], p0.dim()
+    # joint[a, x] = p0(a) p(x | a); kernel[a, x] = p(x_eps = x | x0 = a)
+    joint = p0.reshape(-1)[:, None] * kernel
+    p_x = joint.sum(0)
+    states = all_sequences(n, d)
+    out = torch.zeros(x0.shape[0], dtype=torch.float64)
+    for i in range(d):
+        # post[b, x] = p(x0_i = x0[b, i] | x) = sum_{a: a_i = x0[b, i]} joint[a, x] / p(x)
+        match = (states[None, :, i] == x0[:, i, None]).to(torch.float64)         # (B, N)
+        post = (match @ joint) / torch.where(p_x > 0, p_x, torch.ones_like(p_x))
+        out = out - torch.where(q_eps > 0, q_eps * torch.log(post), torch.zeros_like(q_eps)).sum(-1)
+    return out
+
+
+def bound_limit(p0, x0, rm, schedule, eps=1e-5, reconstruction=False) -> torch.Tensor:
+    """What ``nll_bound`` converges to with the exact score as num_t -> inf, per sequence.
+
+    ``KL(p(x_eps | x0) || p_eps)`` over all n^d sequences, plus (not for Absorbing) the prior
+    mismatch ``KL(p_{1|0} || pi^d) - KL(p_{1|0} || p_1)``. As ``sigma_bar(eps) -> 0`` and
+    ``sigma_bar(1) -> inf`` it tends to ``exact_nll(p0, x0)``. Exact, float64, small n^d only
+    (lesson 6). ``reconstruction=True`` adds the exact denoising term
+    ``E_{x_eps ~ p(.|x0)} [-sum_i log p(x0_i | x_eps)]`` (per-position posteriors by Bayes on the
+    joint), as ``nll_bound(..., reconstruction=True)`` estimates it; averaged over x0 ~ p0 the
+    result is then >= the entropy of p0.
+    """
+    rm = as_rate_matrix(rm)
+    _check_eps(eps)
+    p0 = as_float(p0, torch.float64)
+    n, d = rm.n, p0.dim()
+    x0 = _check_x0(x0, n).cpu()
+    if x0.shape[1] != d:
+        raise ValueError(f"x0 has {x0.shape[1]} tokens per sequence but p0 has d = {d}")
+    states = all_sequences(n, d)
+    sb_lo = float(schedule.sigma_bar(eps))
+    p_eps = product_marginal(rm, p0, sb_lo).reshape(-1)
+    q_eps = _sequence_kernel(rm, sb_lo, x0, states)
+    out = _kl_rows(q_eps, p_eps)
+    if reconstruction:
+        out = out + _exact_reconstruction(p0, x0, q_eps, _sequence_kernel(rm, sb_lo, states, states))
+    if not isinstance(rm, Absorbing):
+        sb_T = float(schedule.sigma_bar(1.0))
+        q_T = _sequence_kernel(rm, sb_T, x0, states)
+        p_T = product_marginal(rm, p0, sb_T).reshape(-1)
+        out = out + prior_kl(rm, x0, sb_T) - _kl_rows(q_T, p_T)
+    return out
+
+
+__all__ = ["LOG_FLOOR", "nll_bound", "exact_nll", "bound_limit", "prior_kl"]

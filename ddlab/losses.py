@@ -1,0 +1,331 @@
+"""Losses for learning concrete scores, and their exact values on a toy (lessons 3, 4 and 6).
+
+A model proposes ratios ``s(x)_y`` for the true concrete score ``p_t(y) / p_t(x)``. Every loss
+here weighs the ratio into state x from state y by the forward rate ``w_xy = Q[x, y]`` (the rate
+y -> x), so that ``Q[x, y] s(x)_y`` is the reverse rate x -> y; the sums run over y != x.
+
+=====  ======================================================================================
+SE     score entropy: ``E_{x ~ p_t} sum_y w_xy (s_y - rho_y log s_y + K(rho_y))``,
+       ``rho_y = p_t(y) / p_t(x)``, ``K(a) = a (log a - 1)``. Needs the true marginal ratios.
+ISE    implicit score entropy: ``E_{x ~ p_t} sum_y (w_xy s(x)_y - w_yx log s(y)_x)``.
+       Needs no ratios, only samples of p_t, but a model evaluated at the neighbours y of x.
+DSE    denoising score entropy: ``E_{x0 ~ p0, x ~ p(.|x0)} sum_y w_xy (s_y - r_y log s_y + K(r_y))``
+       with the conditional ratio ``r_y = p(y | x0) / p(x | x0)``: ``rm.score_entropy``.
+DWDSE  diffusion-weighted DSE: ``int_0^1 sigma(t) DSE(t) dt``, the training loss and the
+       likelihood bound of lesson 6.
+CSM    concrete score matching, the l2 baseline: ``E_{x ~ p_t} sum_y w_xy (s_y - rho_y)^2``.
+DCSM   its denoising form ``E_{x0, x} sum_y w_xy (s_y - r_y)^2`` (trainable from samples).
+=====  ======================================================================================
+
+SE - DSE, SE - ISE and CSM - DCSM do not depend on s (lesson 3 checks this to 1e-10): the
+three score-entropy losses have the same minimiser, the true concrete score, where SE is 0.
+
+Exact expectations are sums over every x0 and every x_t of a toy state space (n states, one
+token), computed in float64 from ``P = expm(sigma_bar Q)``: nothing is sampled.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ._checks import as_float, as_tokens, check_distribution, check_sigma_bar, check_time
+from .exact import as_rate_matrix
+
+KINDS = ("se", "ise", "dse", "csm", "dcsm")
+
+
+# ------------------------------------------------------------------ scalar building blocks
+def K(a):
+    """``K(a) = a (log a - 1)`` with ``K(0) = 0``: the constant that makes score entropy >= 0."""
+    a = as_float(a)
+    return torch.xlogy(a, a) - a
+
+
+def score_entropy_term(s, r):
+    """One score-entropy term ``s - r log s + K(r)`` for a proposed ratio s and a true ratio r.
+
+    Elementwise, >= 0, and 0 exactly at s = r (lesson 3). It equals the Bregman divergence
+    ``D_F(r, s)`` of the negative entropy ``F(u) = u log u``, and ``r * neg_log_bregman(s, r)``:
+    score entropy is a Bregman divergence of -log, weighted by the true ratio.
+    """
+    s, r = as_float(s), as_float(r)
+    return s - torch.xlogy(r, s) + K(r)
+
+
+def neg_log_bregman(a, b):
+    """The Bregman divergence of ``F(u) = -log u``: ``F(a) - F(b) - F'(b)(a - b) = a/b - 1 - log(a/b)``.
+
+    Lesson 3: ``score_entropy_term(s, r) = r * neg_log_bregman(s, r)``.
+    """
+    a, b = as_float(a), as_float(b)
+    q = a / b
+    return q - 1 - torch.log(q)
+
+
+def csm_term(s, r):
+    """One concrete-score-matching term ``(s - r)^2`` (the l2 baseline of lesson 3)."""
+    s, r = as_float(s), as_float(r)
+    return (s - r) ** 2
+
+
+# ---------------------------------------------------------------------- per-token losses
+def conditional_ratios(rm, x, x0, sigma_bar) -> torch.Tensor:
+    """``r_y = p(x_t = y | x0) / p(x_t = x | x0)`` per token, shape S + (n,) (lesson 3).
+
+    The target of the denoising losses. ``x`` must be reachable from ``x0``.
+    """
+    rm = as_rate_matrix(rm)
+    x = as_tokens(x, rm.n, "x")
+    x0 = as_tokens(x0, rm.n, "x0")
+    if x.shape != x0.shape:
+        raise ValueError(f"x has shape {tuple(x.shape)} but x0 has shape {tuple(x0.shape)}")
+    sb = check_sigma_bar(sigma_bar)
+    p = rm.transition_from(x0, torch.broadcast_to(sb.to(torch.float64), x0.shape))
+    px = torch.gather(p, -1, x[..., None])
+    if (px <= 0).any():
+        raise ValueError("some x cannot be reached from its x0 (p(x | x0) = 0); x should be a "
+                         "sample of rm.sample_transition(x0, sigma_bar)")
+    return p / px
+
+
+def dse(log_score, x, x0, sigma_bar, rm) -> torch.Tensor:
+    """Denoising score entropy per token, shape S: ``rm.score_entropy(log_score, x, x0, sigma_bar)``.
+
+    ``sum_{y != x} Q[x, y] (s_y - r_y log s_y + K(r_y))`` with ``s = exp(log_score)`` and
+    ``r_y = p(y | x0) / p(x | x0)`` (lesson 3). Follows the dtype of ``log_score``.
+    """
+    return as_rate_matrix(rm).score_entropy(log_score, x, x0, sigma_bar)
+
+
+def dwdse(log_score, x, x0, t, schedule, rm) -> torch.Tensor:
+    """The diffusion-weighted DSE integrand per token: ``sigma(t) * DSE(x, x0, sigma_bar(t))``.
+
+    ``t`` broadcasts to the token shape S of ``x`` (one time per sequence: shape (B, 1) for
+    x of shape (B, d)). With ``t ~ U(0, 1)`` its mean is an unbiased estimate of
+    ``int_0^1 sigma(t) DSE dt``, the training loss of lesson 4 and the bound of lesson 6.
+    ``t`` must give sigma_bar(t) > 0 (LogLinear has sigma_bar(0) = 0: start at a small t).
+    """
+    rm = as_rate_matrix(rm)
+    log_score = as_float(log_score)
+    t = check_time(t)
+    sb = schedule.sigma_bar(t)
+    sig = schedule.sigma(t).to(log_score.dtype)
+    loss = rm.score_entropy(log_score, x, x0, sb)
+    return sig * loss
+
+
+def dcsm(log_score, x, x0, sigma_bar, rm) -> torch.Tensor:
+    """Denoising concrete score matching per token, shape S (lesson 3).
+
+    ``sum_{y != x} Q[x, y] (s_y - r_y)^2`` with ``s = exp(log_score)``. Its expectation equals the
+    CSM loss plus a constant, because ``E[r_y | x_t = x] = p_t(y) / p_t(x)``.
+    """
+    rm = as_rate_matrix(rm)
+    log_score = as_float(log_score)
+    x = as_tokens(x, rm.n, "x")
+    if tuple(log_score.shape) != tuple(x.shape) + (rm.n,):
+        raise ValueError(f"log_score has shape {tuple(log_score.shape)}, expected "
+                         f"{tuple(x.shape) + (rm.n,)}")
+    r = conditional_ratios(rm, x, x0, sigma_bar).to(log_score.dtype)
+    w = rm.rates_into(x).to(log_score.dtype).scatter(-1, x[..., None], 0.0)
+    return (w * (torch.exp(log_score) - r) ** 2).sum(-1)
+
+
+# ------------------------------------------------------------ exact expectations (toys)
+def true_score_table(rm, p0, sigma_bar) -> torch.Tensor:
+    """The concrete score of p_t as a table ``S[x, y] = p_t(y) / p_t(x)``, float64 (lesson 3).
+
+    Shape (n, n) for a scalar sigma_bar, (T, n, n) for shape (T,). Rows at states with
+    ``p_t(x) = 0`` are never visited; they are set to 1 so the table stays finite.
+    """
+    rm = as_rate_matrix(rm)
+    p0 = _check_p0(p0, rm.n)
+    sb = _check_sb(sigma_bar)
+    pt = rm.transition(sb).to(torch.float64) @ p0
+    safe = torch.where(pt > 0, pt, torch.ones_like(pt))
+    S = pt[..., None, :] / safe[..., :, None]
+    return torch.where(pt[..., :, None] > 0, S, torch.ones_like(S))
+
+
+def score_table(score, rm, sigma_bar, log: bool = False) -> torch.Tensor:
+    """Evaluate a score function at every state: ``S[..., x, y]``, shape (n, n) or (T, n, n).
+
+    ``score`` is a callable ``score_fn(x_t, sigma_bar)`` of the agreed signature (x_t of shape
+    (B, 1)); with ``log=True`` it returns log-ratios (e.g. ``model.log_score``). Lesson 4 uses
+    this to hold a network against ``true_score_table``.
+    """
+    rm = as_rate_matrix(rm)
+    sb = _check_sb(sigma_bar)
+    n = rm.n
+    T = max(sb.numel(), 1)
+    x = torch.arange(n).repeat(T)[:, None]
+    out = score(x, sb.reshape(-1).repeat_interleave(n) if sb.dim() else sb.expand(n))
+    out = as_float(out)
+    if tuple(out.shape) != (T * n, 1, n):
+        raise ValueError(f"the score function returned shape {tuple(out.shape)} for x_t of shape "
+                         f"({T * n}, 1); expected ({T * n}, 1, {n})")
+    out = out.reshape(T, n, n)
+    return out if sb.dim() else out[0]
+
+
+def expected_loss(kind: str, score, rm, p0, sigma_bar, log: bool = False) -> torch.Tensor:
+    """The exact expected loss of a score at noise level sigma_bar, by enumeration (lesson 3).
+
+    ``kind`` is one of "se", "ise", "dse", "csm", "dcsm" (see the module docstring). ``score``
+    is a ratio table ``s[x, y]`` of shape (n, n) (or (T, n, n) with sigma_bar of shape (T,)),
+    or a score function ``score_fn(x_t, sigma_bar)``; ``log=True`` says it holds log-ratios.
+    Entries with zero weight (y = x, and y with ``Q[x, y] = 0``) are ignored. The expectation
+    is over ``x0 ~ p0`` and ``x ~ p(. | x0)`` exactly: a float64 scalar, or shape (T,).
+    Differentiable in a table with ``requires_grad``.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    rm = as_rate_matrix(rm)
+    p0 = _check_p0(p0, rm.n)
+    sb = _check_sb(sigma_bar)
+    n = rm.n
+    if callable(score):
+        table = score_table(score, rm, sb, log=log)
+    else:
+        table = as_float(score)
+    L, S = _log_and_ratio(table, sb, n, log)
+
+    P = rm.transition(sb).to(torch.float64)          # P[..., y, x0]
+    pt = P @ p0                                       # p_t[..., x]
+    W = rm.Q.clone().fill_diagonal_(0.0)              # W[x, y] = Q[x, y], y != x
+    on = W > 0
+
+    if kind in ("se", "csm", "ise"):
+        safe = torch.where(pt > 0, pt, torch.ones_like(pt))
+        rho = pt[..., None, :] / safe[..., :, None]  # rho[x, y] = p_t(y) / p_t(x)
+        if kind == "se":
+            terms = S - _xl(rho, L) + K(rho)
+        elif kind == "csm":
+            terms = (S - rho) ** 2
+        else:
+            # w_xy s(x)_y - w_yx log s(y)_x: the second part reads the transposed log table
+            zero = torch.zeros((), dtype=torch.float64)
+            terms = (torch.where(on, W * S, zero)
+                     - torch.where(on.T, W.T * L.transpose(-1, -2), zero))
+            per_x = terms.sum(-1)
+            return (torch.where(pt > 0, pt * per_x, torch.zeros_like(per_x))).sum(-1)
+        per_x = (torch.where(on, W * terms, torch.zeros_like(terms))).sum(-1)
+        return (torch.where(pt > 0, pt * per_x, torch.zeros_like(per_x))).sum(-1)
+
+    # Denoising losses: joint over (x0, x); r[x0, x, y] = P[y, x0] / P[x, x0].
+    Pt = P.transpose(-1, -2)                          # Pt[..., x0, y] = p(y | x0)
+    joint = Pt * p0[:, None]                          # joint[x0, x] = p0(x0) p(x | x0)
+    safe = torch.where(Pt > 0, Pt, torch.ones_like(Pt))
+    r = Pt[..., :, None, :] / safe[..., :, :, None]   # (.., x0, x, y)
+    Lx, Sx = L[..., None, :, :], S[..., None, :, :]
+    terms = Sx - _xl(r, Lx) + K(r) if kind == "dse" else (Sx - r) ** 2
+    per = (torch.where(on, W * terms, torch.zeros_like(terms))).sum(-1)     # (.., x0, x)
+    return (torch.where(joint > 0, joint * per, torch.zeros_like(per))).sum((-1, -2))
+
+
+def loss_floor(kind: str, rm, p0, sigma_bar) -> torch.Tensor:
+    """The Bayes-optimal value: ``expected_loss(kind, true_score_table(...))`` (lesson 3).
+
+    0 for SE and CSM; for DSE it is what no model can beat, ``C_DSE = E[sum w K(r)] -
+    E[sum w K(rho)] >= 0``; for ISE it is ``-E[sum w K(rho)]``; for DCSM the conditional variance
+    of r.
+    """
+    return expected_loss(kind, true_score_table(rm, p0, sigma_bar), rm, p0, sigma_bar)
+
+
+def loss_constants(rm, p0, sigma_bar) -> dict:
+    """The score-independent gaps ``SE - DSE``, ``SE - ISE`` and ``CSM - DCSM`` (lesson 3).
+
+    They are minus the floors of DSE, ISE and DCSM (SE and CSM are 0 at the true score).
+    """
+    return {"se-dse": -loss_floor("dse", rm, p0, sigma_bar),
+            "se-ise": -loss_floor("ise", rm, p0, sigma_bar),
+            "csm-dcsm": -loss_floor("dcsm", rm, p0, sigma_bar)}
+
+
+def expected_dwdse(score, rm, schedule, p0, num_t: int = 64, t_min: float = 1e-5,
+                   t_max: float = 1.0, log: bool = False) -> torch.Tensor:
+    """``int_{t_min}^{t_max} sigma(t) E[DSE_t] dt``, exact in x0 and x_t, Gauss-Legendre in t.
+
+    ``score`` is a score function of the agreed signature (``log=True``: one returning
+    log-ratios, e.g. ``model.log_score``); it is called once on all n states at every node. ``num_t`` Gauss-Legendre nodes on [t_min, t_max]; the integrand is smooth in t for
+    LogLinear and Geometric schedules, and 64 nodes give ~1e-8 relative accuracy on the
+    floors of lesson 4. Returns a float64 scalar, in nats per token (lesson 4).
+    """
+    t, w = _gauss_legendre(num_t, t_min, t_max)
+    sb = schedule.sigma_bar(t)
+    per_t = expected_loss("dse", score, rm, p0, sb, log=log)
+    return (w * schedule.sigma(t) * per_t).sum()
+
+
+def dwdse_floor(rm, schedule, p0, num_t: int = 64, t_min: float = 1e-5,
+                t_max: float = 1.0) -> torch.Tensor:
+    """``expected_dwdse`` at the true scores: the lowest DWDSE any model can reach (lesson 4).
+
+    For Absorbing with LogLinear(eps) it has the closed form
+    ``(1 - eps) (t_max - t_min) H(p0)``: the DSE floor at noise sigma_bar is
+    ``e^{-sigma_bar} H(p0)`` and ``sigma(t) e^{-sigma_bar(t)} = 1 - eps``.
+    """
+    t, w = _gauss_legendre(num_t, t_min, t_max)
+    sb = schedule.sigma_bar(t)
+    per_t = loss_floor("dse", rm, p0, sb)
+    return (w * schedule.sigma(t) * per_t).sum()
+
+
+# ---------------------------------------------------------------------------- helpers
+def _xl(r, L):
+    """``r * L`` with 0 where r == 0 (so a zero ratio with log-score -inf contributes 0)."""
+    return torch.where(r > 0, r * L, torch.zeros((), dtype=L.dtype))
+
+
+def _log_and_ratio(table, sb, n, log):
+    want = (n, n) if sb.dim() == 0 else (sb.shape[0], n, n)
+    if tuple(table.shape) != want:
+        raise ValueError(f"the score table has shape {tuple(table.shape)}, expected {want} "
+                         f"(for sigma_bar of shape {tuple(sb.shape)} and n = {n})")
+    table = table.to(torch.float64)
+    if torch.isnan(table).any():
+        raise ValueError("the score table holds NaN")
+    if log:
+        if (table == float("inf")).any():
+            raise ValueError("the log-score table holds +inf")
+        return table, torch.exp(table)
+    if not torch.isfinite(table).all() or (table < 0).any():
+        bad = (~torch.isfinite(table) | (table < 0)).nonzero()[0].tolist()
+        raise ValueError(f"ratios must be finite and >= 0, got {table[tuple(bad)].item()!r} "
+                         f"at index {tuple(bad)} (pass log=True if the score holds log-ratios)")
+    return torch.log(table), table
+
+
+def _check_p0(p0, n):
+    p0 = check_distribution(p0, n, "p0").to(torch.float64)
+    if p0.dim() != 1:
+        raise ValueError(f"p0 must be a vector of shape ({n},), got shape {tuple(p0.shape)}")
+    return p0
+
+
+def _check_sb(sigma_bar):
+    sb = check_sigma_bar(sigma_bar).to(torch.float64)
+    if sb.dim() > 1:
+        raise ValueError(f"sigma_bar must be a scalar or of shape (T,), got shape {tuple(sb.shape)}")
+    if sb.numel() and (sb == 0).any():
+        raise ValueError("sigma_bar must be > 0: at sigma_bar = 0 nothing has moved and the "
+                         "conditional ratios p(y|x0)/p(x|x0) are infinite")
+    return sb
+
+
+def _gauss_legendre(num_t, t_min, t_max):
+    if not (isinstance(num_t, int) and num_t >= 1):
+        raise ValueError(f"num_t must be a positive integer, got {num_t!r}")
+    if not (0 <= t_min < t_max <= 1):
+        raise ValueError(f"need 0 <= t_min < t_max <= 1, got t_min = {t_min!r}, t_max = {t_max!r}")
+    u, w = np.polynomial.legendre.leggauss(num_t)
+    half = (t_max - t_min) / 2
+    t = torch.as_tensor(t_min + half * (u + 1), dtype=torch.float64)
+    return t, torch.as_tensor(half * w, dtype=torch.float64)
+
+
+__all__ = ["KINDS", "K", "score_entropy_term", "neg_log_bregman", "csm_term",
+           "conditional_ratios", "dse", "dwdse", "dcsm", "true_score_table", "score_table",
+           "expected_loss", "loss_floor", "loss_constants", "expected_dwdse", "dwdse_floor"]

@@ -1,0 +1,319 @@
+"""Masked diffusion (MDLM) as absorbing SEDD, numerically (lesson 8).
+
+For the absorbing process (MASK = n - 1) a token survives to total noise sigma_bar with
+probability ``alpha = exp(-sigma_bar)``; under ``LogLinear`` that is ``alpha(t) = 1 - (1-eps) t``.
+MDLM (Sahoo et al. 2024) trains a *denoiser* ``p_theta(x0_i | x_t)`` over the clean tokens with
+the continuous-time weighted cross-entropy
+
+    L_MDLM(x0) = int_0^1 w(t) E_{x_t | x0} [ sum_{i : x_t,i = MASK} -log p_theta(x0_i | x_t) ] dt,
+    w(t) = -alpha'(t) / (1 - alpha(t)) = sigma(t) e^{-sigma_bar} / (1 - e^{-sigma_bar})
+         = sigma(t) / (e^{sigma_bar(t)} - 1),
+
+and samples ancestrally: a masked token at t stays masked at s < t with probability
+``(1 - alpha_s) / (1 - alpha_t)`` and is otherwise revealed as a draw from ``p_theta``.
+
+SEDD learns ratios instead. At a masked position the exact ratios are
+``s_y = p_t(x with x_i = y) / p_t(x) = p_{0|t}(y | x_t) / (e^{sigma_bar} - 1)`` (lesson 2's
+Tweedie formula for the absorbing chain), so a denoiser *is* a score:
+``s_y = r p_theta(y | x_t)`` with ``r = 1 / (e^{sigma_bar} - 1)``. Put into the per-token
+score entropy ``sum_y s_y - r log s_{x0} + K(r)``:
+
+    sum_y s_y      = r                          (p_theta sums to one)
+    -r log s_{x0}  = -r log r - r log p_theta(x0 | x_t)
+    K(r)           = r log r - r
+    total          = -r log p_theta(x0 | x_t)   (the constant r - r log r + r log r - r is 0)
+
+and ``sigma(t) r = w(t)``: the DWDSE integrand *is* the MDLM integrand, term by term, with
+constant 0. Dropping K(r) (it has no gradient) leaves the constant ``sigma(t) r (1 - log r)`` per
+masked token (:func:`score_entropy_offset`). The Tweedie step of the absorbing chain with this
+score is exactly MDLM's ancestral step (tests hold them equal to 1e-12).
+
+Shapes: ``x_t``, ``x0`` are (B, d) int64; a denoiser returns ``probs`` (B, d, n) over the clean
+tokens (entry MASK is 0); a denoiser function is ``denoiser_fn(x_t, sigma_bar) -> probs``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._checks import as_float, as_tokens, check_shape, check_sigma_bar, check_time
+from .rate_matrices import Absorbing, _sample_categorical
+
+
+def _sigma_bar_of(sigma_bar, like: torch.Tensor) -> torch.Tensor:
+    """sigma_bar as (B, 1) broadcastable against (B, d), checked > 0."""
+    sb = check_sigma_bar(sigma_bar)
+    if sb.dim() == 2 and sb.shape[1] == 1:
+        sb = sb[:, 0]
+    if sb.dim() > 1 or (sb.dim() == 1 and sb.shape[0] not in (1, like.shape[0])):
+        raise ValueError(f"sigma_bar must be a scalar or of shape ({like.shape[0]},), got shape "
+                         f"{tuple(sb.shape)}")
+    if (sb == 0).any():
+        raise ValueError("sigma_bar must be > 0: at sigma_bar = 0 no token is masked and the "
+                         "ratio r = 1 / (e^sigma_bar - 1) is infinite")
+    return torch.broadcast_to(sb.reshape(-1, 1) if sb.dim() else sb, (like.shape[0], 1))
+
+
+def _check_batch(x, n: int, name: str) -> torch.Tensor:
+    x = as_tokens(x, n, name)
+    if x.dim() != 2:
+        raise ValueError(f"{name} must have shape (B, d), got {tuple(x.shape)}")
+    return x
+
+
+def _check_probs(probs, x_t: torch.Tensor, n: int, name: str = "probs") -> torch.Tensor:
+    probs = as_float(probs)
+    check_shape(probs, tuple(x_t.shape) + (n,), name)
+    if not torch.isfinite(probs).all() or (probs < 0).any():
+        raise ValueError(f"{name} must be finite and non-negative")
+    return probs
+
+
+# ------------------------------------------------------------------------------ the loss
+
+
+def mdlm_weight(schedule, t) -> torch.Tensor:
+    """``w(t) = sigma(t) / (e^{sigma_bar(t)} - 1) = -alpha'(t) / (1 - alpha(t))`` (lesson 8).
+
+    For LogLinear(eps), ``alpha = 1 - (1 - eps) t`` and the weight is exactly ``1 / t``.
+    Needs t > 0 (the weight is infinite at t = 0).
+    """
+    t = check_time(t)
+    if (t == 0).any():
+        raise ValueError("t must be > 0: the MDLM weight sigma(t) / (e^sigma_bar(t) - 1) is "
+                         "infinite at t = 0")
+    return schedule.sigma(t) / torch.expm1(schedule.sigma_bar(t))
+
+
+def mdlm_loss(log_probs, x_t, x0, weight) -> torch.Tensor:
+    """MDLM's weighted cross-entropy per sequence, shape (B,) (lesson 8).
+
+    ``weight[b] * sum_{i : x_t[b, i] = MASK} -log_probs[b, i, x0[b, i]]``, with ``log_probs``
+    (B, d, n) the denoiser's log-probabilities over clean tokens and ``weight`` the value of
+    :func:`mdlm_weight` at each sequence's t (scalar or (B,)). Unmasked positions contribute 0.
+    Follows the dtype of ``log_probs``.
+    """
+    log_probs = as_float(log_probs)
+    if log_probs.dim() != 3:
+        raise ValueError(f"log_probs must have shape (B, d, n), got {tuple(log_probs.shape)}")
+    n = log_probs.shape[-1]
+    mask = n - 1
+    x_t = _check_batch(x_t, n, "x_t")
+    x0 = _check_batch(x0, n, "x0")
+    check_shape(log_probs, tuple(x_t.shape) + (n,), "log_probs")
+    if x0.shape != x_t.shape:
+        raise ValueError(f"x0 has shape {tuple(x0.shape)} but x_t has {tuple(x_t.shape)}")
+    if (x0 == mask).any():
+        raise ValueError("x0 holds the MASK token; clean data never contains MASK")
+    if ((x_t != mask) & (x_t != x0)).any():
+        raise ValueError("x_t has an unmasked token that differs from x0; under absorbing noise "
+                         "a token is either kept or masked")
+    w = as_float(weight, log_probs.dtype)
+    if w.dim() > 1 or (w.dim() == 1 and w.shape[0] not in (1, x_t.shape[0])):
+        raise ValueError(f"weight must be a scalar or of shape ({x_t.shape[0]},), "
+                         f"got shape {tuple(w.shape)}")
+    lp = torch.gather(log_probs, -1, x0[..., None])[..., 0]
+    masked = x_t == mask
+    if not torch.isfinite(lp[masked]).all():
+        raise ValueError("log_probs gives -inf (probability 0) to a true token at a masked "
+                         "position: the cross-entropy is infinite")
+    ce = torch.where(masked, -lp, torch.zeros_like(lp)).sum(-1)
+    return w * ce
+
+
+def log_score_from_denoiser(log_probs, x_t, sigma_bar) -> torch.Tensor:
+    """SEDD log-ratios from a denoiser: ``log s_y = log p(y | x_t) - log(e^{sigma_bar} - 1)``.
+
+    At masked positions, for clean y; the MASK entry is log 1 = 0. At unmasked positions every
+    entry is 0: the absorbing chain has no reverse move out of a clean token, so those ratios
+    are multiplied by a zero rate in the loss and in the sampler (lesson 8). Shape (B, d, n).
+    """
+    log_probs = as_float(log_probs)
+    n = log_probs.shape[-1]
+    x_t = _check_batch(x_t, n, "x_t")
+    check_shape(log_probs, tuple(x_t.shape) + (n,), "log_probs")
+    sb = _sigma_bar_of(sigma_bar, x_t).to(log_probs.dtype)
+    ls = log_probs - torch.log(torch.expm1(sb))[..., None]
+    ls = ls.clone()
+    ls[..., n - 1] = 0.0
+    masked = (x_t == n - 1)[..., None]
+    return torch.where(masked, ls, torch.zeros_like(ls))
+
+
+def score_from_denoiser(probs, x_t, sigma_bar) -> torch.Tensor:
+    """``s_y = p(y | x_t) / (e^{sigma_bar} - 1)`` at masked positions, 1 elsewhere (lesson 8)."""
+    probs = as_float(probs)
+    n = probs.shape[-1]
+    x_t = _check_batch(x_t, n, "x_t")
+    probs = _check_probs(probs, x_t, n)
+    sb = _sigma_bar_of(sigma_bar, x_t).to(probs.dtype)
+    s = probs / torch.expm1(sb)[..., None]
+    s = s.clone()
+    s[..., n - 1] = 1.0
+    return torch.where((x_t == n - 1)[..., None], s, torch.ones_like(s))
+
+
+def denoiser_from_score(score, x_t, sigma_bar) -> torch.Tensor:
+    """The inverse map: ``p(y | x_t) = s_y (e^{sigma_bar} - 1)`` at masked positions (lesson 8).
+
+    This is the discrete Tweedie formula of the absorbing chain. At unmasked positions the
+    result is the point mass on the observed token (a clean token is the clean token). MASK
+    gets probability 0. Shape (B, d, n), in the dtype of ``score``.
+    """
+    score = as_float(score)
+    n = score.shape[-1]
+    x_t = _check_batch(x_t, n, "x_t")
+    check_shape(score, tuple(x_t.shape) + (n,), "score")
+    sb = _sigma_bar_of(sigma_bar, x_t).to(score.dtype)
+    p = score * torch.expm1(sb)[..., None]
+    p = p.clone()
+    p[..., n - 1] = 0.0
+    onehot = torch.nn.functional.one_hot(x_t.clamp_max(n - 2), n).to(score.dtype)
+    return torch.where((x_t == n - 1)[..., None], p, onehot)
+
+
+def denoiser_fn_from_score_fn(score_fn, n: int):
+    """Wrap a SEDD score function as an MDLM denoiser function ``(x_t, sigma_bar) -> probs``.
+
+    With ``ddlab.exact_score_fn(p0, Absorbing(n))`` this is the exact per-token posterior
+    ``p_{0|t}(x0_i | x_t)``, each masked row summing to one.
+    """
+    def denoiser_fn(x_t, sigma_bar):
+        x_t = _check_batch(x_t, n, "x_t")
+        sb = check_sigma_bar(sigma_bar, dtype=torch.float64)
+        sb = torch.broadcast_to(sb, x_t.shape[:1]) if sb.dim() == 0 else sb
+        return denoiser_from_score(score_fn(x_t, sb), x_t, sb)
+    return denoiser_fn
+
+
+def score_entropy_offset(sigma_bar) -> torch.Tensor:
+    """``r (1 - log r)`` with ``r = 1 / (e^{sigma_bar} - 1)`` (lesson 8).
+
+    Per masked token: score entropy *without* its constant K(r), evaluated at the score built
+    from a normalised denoiser, minus MDLM's ``-r log p(x0)``. With K(r) included (as
+    ``rm.score_entropy`` does) the offset is exactly 0.
+    """
+    sb = check_sigma_bar(sigma_bar)
+    if (sb == 0).any():
+        raise ValueError("sigma_bar must be > 0")
+    r = 1.0 / torch.expm1(sb)
+    return r * (1.0 - torch.log(r))
+
+
+# ------------------------------------------------------------------------------ the sampler
+
+
+def mdlm_step_probs(probs, x_t, sigma_bar_t, sigma_bar_s) -> torch.Tensor:
+    """MDLM's ancestral step ``p(x_s | x_t)`` per token, shape (B, d, n) (lesson 8).
+
+    With ``alpha = exp(-sigma_bar)`` and ``sigma_bar_s <= sigma_bar_t``: a masked token becomes
+    clean y with probability ``(alpha_s - alpha_t) / (1 - alpha_t) * probs[y]`` and stays masked
+    with probability ``(1 - alpha_s) / (1 - alpha_t)``; an unmasked token stays. Written with the
+    alphas directly, independently of the rate-matrix code, so that lesson 8 can hold it against
+    ``Absorbing.tweedie_probs``.
+    """
+    probs = as_float(probs)
+    n = probs.shape[-1]
+    x_t = _check_batch(x_t, n, "x_t")
+    probs = _check_probs(probs, x_t, n)
+    sbt = _sigma_bar_of(sigma_bar_t, x_t).to(probs.dtype)
+    sbs = check_sigma_bar(sigma_bar_s, "sigma_bar_s").to(probs.dtype)
+    sbs = torch.broadcast_to(sbs.reshape(-1, 1) if sbs.dim() else sbs, sbt.shape)
+    if (sbs > sbt * (1 + 1e-12)).any():
+        raise ValueError("sigma_bar_s must be <= sigma_bar_t: the reverse step goes towards less "
+                         "noise")
+    a_t, a_s = torch.exp(-sbt), torch.exp(-sbs)
+    reveal = (a_s - a_t) / (1 - a_t)                      # (B, 1)
+    stay = (1 - a_s) / (1 - a_t)
+    clean = probs[..., : n - 1] / probs[..., : n - 1].sum(-1, keepdim=True).clamp_min(1e-300)
+    step = torch.cat([reveal[..., None] * clean, stay[..., None].expand(*x_t.shape, 1)], -1)
+    onehot = torch.nn.functional.one_hot(x_t, n).to(probs.dtype)
+    return torch.where((x_t == n - 1)[..., None], step, onehot)
+
+
+def mdlm_sample(denoiser_fn, schedule, batch: int, d: int, n: int, steps: int, *, eps=1e-5,
+                clamp=None, generator=None) -> torch.Tensor:
+    """MDLM's ancestral sampler, from all-MASK to clean tokens (lesson 8).
+
+    Time grid ``t_k`` linear from 1 to ``eps`` in ``steps`` steps, then one last step from
+    ``sigma_bar(eps)`` to 0, which reveals every token still masked (as ``ddlab.sampling.sample``
+    does with ``denoise=True``). ``clamp = (positions, values)`` as in ``ddlab.sampling.sample``
+    pins those positions (prompting, infilling). Returns (batch, d) int64 with no MASK left.
+    """
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    if not (isinstance(n, int) and n >= 2 and isinstance(d, int) and d >= 1
+            and isinstance(batch, int) and batch >= 1):
+        raise ValueError(f"need integers batch >= 1, d >= 1, n >= 2; got {batch!r}, {d!r}, {n!r}")
+    if not 0 < eps < 1:
+        raise ValueError(f"eps must lie in (0, 1), got {eps!r}")
+    x = torch.full((batch, d), n - 1, dtype=torch.long)
+    pos, val = _clamp_tensors(clamp, batch, d, n)
+    ts = torch.linspace(1.0, eps, steps + 1, dtype=torch.float64)
+    sbs = [schedule.sigma_bar(t).to(torch.float64) for t in ts] + [torch.tensor(0.0, dtype=torch.float64)]
+    for k in range(len(sbs) - 1):
+        x = torch.where(pos, val, x)
+        sb_t = sbs[k].expand(batch)
+        probs = as_float(denoiser_fn(x, sb_t), torch.float64)
+        step = mdlm_step_probs(probs, x, sb_t, sbs[k + 1])
+        x = _sample_categorical(step, generator)
+    return torch.where(pos, val, x)
+
+
+def _clamp_tensors(clamp, batch: int, d: int, n: int):
+    if clamp is None:
+        return torch.zeros(batch, d, dtype=torch.bool), torch.zeros(batch, d, dtype=torch.long)
+    if not (isinstance(clamp, (tuple, list)) and len(clamp) == 2):
+        raise ValueError("clamp must be a pair (positions, values) of shape (d,) or (B, d)")
+    pos = torch.as_tensor(clamp[0])
+    if pos.dtype != torch.bool:
+        raise ValueError(f"clamp positions must be a bool tensor, got dtype {pos.dtype}")
+    val = as_tokens(clamp[1], n - 1, "clamp values")      # clean tokens only
+    try:
+        return (torch.broadcast_to(pos, (batch, d)).clone(),
+                torch.broadcast_to(val, (batch, d)).clone())
+    except RuntimeError:
+        raise ValueError(f"clamp tensors of shapes {tuple(pos.shape)}, {tuple(val.shape)} do not "
+                         f"broadcast to (batch, d) = ({batch}, {d})") from None
+
+
+def mdlm_nll_bound(denoiser_fn, x0, schedule, n: int, num_t: int = 64, *, t_min: float = 1e-5,
+                   generator=None, return_stderr: bool = False):
+    """MDLM's continuous-time bound on -log p(x0) per sequence, by Monte Carlo (lesson 8).
+
+    ``int_{t_min}^1 w(t) E_{x_t | x0}[ sum_masked -log p_theta(x0_i | x_t) ] dt`` with stratified
+    t (one uniform draw in each of ``num_t`` equal slices of [t_min, 1]) and one x_t per t, for
+    the absorbing chain on n states (MASK = n - 1). MDLM treats t = 1 as all-MASK; LogLinear(eps)
+    leaves a fraction eps unmasked there, so this omits a prior term of order d eps log n (and the
+    slice [0, t_min], of order t_min). Returns (B,) nats (and the Monte Carlo standard error).
+    """
+    rm = Absorbing(n)
+    x0 = _check_batch(x0, n, "x0")
+    if not isinstance(num_t, int) or num_t < 1:
+        raise ValueError(f"num_t must be a positive integer, got {num_t!r}")
+    if not 0 < t_min < 1:
+        raise ValueError(f"t_min must lie in (0, 1), got {t_min!r}")
+    B = x0.shape[0]
+    u = torch.rand(num_t, B, generator=generator, dtype=torch.float64)
+    t = t_min + (1 - t_min) * (torch.arange(num_t, dtype=torch.float64)[:, None] + u) / num_t
+    terms = []
+    for k in range(num_t):
+        sb = schedule.sigma_bar(t[k]).to(torch.float64)
+        x_t = rm.sample_transition(x0, sb[:, None], generator=generator)
+        logp = torch.log(as_float(denoiser_fn(x_t, sb), torch.float64).clamp_min(0))
+        terms.append(mdlm_loss(logp, x_t, x0, mdlm_weight(schedule, t[k])) * (1 - t_min))
+    terms = torch.stack(terms)                              # (num_t, B)
+    est = terms.mean(0)
+    if return_stderr:
+        err = terms.std(0) / math.sqrt(num_t) if num_t > 1 else torch.zeros_like(est)
+        return est, err
+    return est
+
+
+__all__ = [
+    "mdlm_weight", "mdlm_loss", "log_score_from_denoiser", "score_from_denoiser",
+    "denoiser_from_score", "denoiser_fn_from_score_fn", "score_entropy_offset",
+    "mdlm_step_probs", "mdlm_sample", "mdlm_nll_bound",
+]

@@ -1,0 +1,233 @@
+"""The diffusion transformer: a score network for sequences of tokens (lesson 9).
+
+A bidirectional transformer reads the noised sequence x_t and the total noise sigma_bar and
+returns, for every position i and token y, a log-ratio ``log s[b, i, y]`` estimating
+``log p_t(x with x_i = y) / p_t(x)``: exactly the Hamming-1 score of lesson 7, so a network and
+``ddlab.exact_score_fn`` are interchangeable in samplers and in ``nll_bound``.
+
+Pieces (as in SEDD's DiT-style network, written from the paper's description):
+
+* tokens -> embeddings; positions enter through rotary embeddings in every attention layer;
+* sigma_bar -> sinusoidal features -> MLP -> a conditioning vector c;
+* each block: ``x += gate_a * Attn(modulate(LN(x), shift_a, scale_a))`` and the same for the MLP,
+  with (shift, scale, gate) = Linear(c), initialised to zero ("adaLN-zero": every block starts as
+  the identity);
+* the output layer is zero-initialised too, so a fresh network outputs exactly zero logits.
+
+Parametrisations of the output z (shape (B, d, n)):
+
+* ``absorb`` (n = 28, MASK = 27): ``log s_y = z_y - log(e^{sigma_bar} - 1) - log(n - 1)`` and
+  ``log s_MASK = 0``. The true ratio at a masked position is ``p_0(y | unmasked) / (e^{sigma_bar}-1)``,
+  so z is a log-probability up to a constant, and the zero network is the exact score of a uniform
+  data distribution. Its loss is then analytic: ``(1 - eps) log(n - 1)`` nats per token for the
+  LogLinear schedule (see tests/test_model.py). Only masked positions are used: the reverse
+  absorbing chain never moves an unmasked token, whatever the output there.
+* ``uniform`` (n = 27): ``log s_y = z_y`` with ``log s_{x_i} = 0``.
+* ``ar``: a causal copy of the same network (the autoregressive baseline) whose z are next-token
+  logits over the 27 characters; its input is the sequence shifted right behind a BOS token
+  (id 27, the same embedding slot as MASK).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+OBJECTIVES = ("absorb", "uniform", "ar")
+
+
+@dataclass
+class ModelConfig:
+    n_chars: int = 27          # the alphabet; absorb adds MASK, ar adds BOS
+    objective: str = "absorb"  # absorb | uniform | ar
+    seq_len: int = 256         # longest sequence (rotary tables are built for this length)
+    n_layer: int = 4
+    n_head: int = 4
+    d_model: int = 128
+    cond_dim: int = 64         # width of the sigma_bar conditioning vector
+    mlp_ratio: int = 4
+    dropout: float = 0.0
+    adaln: bool = True         # False: plain LayerNorm, no conditioning (a plain transformer)
+
+    def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.d_model % self.n_head or (self.d_model // self.n_head) % 2:
+            raise ValueError(f"d_model = {self.d_model} must split into n_head = {self.n_head} "
+                             f"heads of even width (rotary embeddings rotate pairs)")
+
+    @property
+    def n_in(self) -> int:
+        """Input vocabulary: the characters plus MASK (absorb) or BOS (ar)."""
+        return self.n_chars + (self.objective != "uniform")
+
+    @property
+    def n_out(self) -> int:
+        """Output width n: the number of states of the diffusion (or next-token classes for ar)."""
+        return self.n_chars + (self.objective == "absorb")
+
+    @property
+    def causal(self) -> bool:
+        return self.objective == "ar"
+
+
+def log_expm1(x: torch.Tensor) -> torch.Tensor:
+    """``log(e^x - 1)`` for x > 0 without overflow or cancellation.
+
+    Small x: ``log(expm1(x))`` is accurate; large x: ``x + log1p(-e^{-x})`` avoids e^x overflowing.
+    """
+    big = x > 1.0
+    small = torch.log(torch.expm1(torch.where(big, torch.ones_like(x), x)))
+    large = x + torch.log1p(-torch.exp(-torch.where(big, x, torch.ones_like(x))))
+    return torch.where(big, large, small)
+
+
+class SigmaEmbedding(nn.Module):
+    """sigma_bar -> sinusoidal features of log-spaced frequencies -> 2-layer MLP -> (B, cond_dim)."""
+
+    def __init__(self, cond_dim: int, n_freq: int = 128):
+        super().__init__()
+        self.n_freq = n_freq
+        self.mlp = nn.Sequential(nn.Linear(n_freq, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim))
+
+    def forward(self, sigma_bar: torch.Tensor) -> torch.Tensor:
+        half = self.n_freq // 2
+        freqs = torch.exp(-math.log(10_000.0) * torch.arange(half, device=sigma_bar.device) / half)
+        angles = sigma_bar.float()[:, None] * freqs[None]
+        return self.mlp(torch.cat([torch.cos(angles), torch.sin(angles)], -1))
+
+
+def rotary_tables(seq_len: int, head_dim: int, base: float = 10_000.0):
+    inv = 1.0 / base ** (torch.arange(0, head_dim, 2).float() / head_dim)
+    angles = torch.arange(seq_len).float()[:, None] * inv[None]          # (L, head_dim / 2)
+    return torch.cos(angles), torch.sin(angles)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate consecutive pairs of channels of x (B, H, L, D) by position-dependent angles."""
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1)
+    return out.flatten(-2).type_as(x)
+
+
+def modulate(x, shift, scale):
+    return x * (1 + scale[:, None]) + shift[:, None]
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d, self.n_head, self.causal = cfg.d_model, cfg.n_head, cfg.causal
+        self.adaln = cfg.adaln
+        # adaLN blocks get their affine parameters from the conditioning instead of the norm.
+        self.ln1 = nn.LayerNorm(d, elementwise_affine=not cfg.adaln)
+        self.ln2 = nn.LayerNorm(d, elementwise_affine=not cfg.adaln)
+        self.qkv = nn.Linear(d, 3 * d, bias=False)
+        self.proj = nn.Linear(d, d, bias=False)
+        self.mlp = nn.Sequential(nn.Linear(d, cfg.mlp_ratio * d), nn.GELU(approximate="tanh"),
+                                 nn.Linear(cfg.mlp_ratio * d, d))
+        self.dropout = cfg.dropout
+        if cfg.adaln:
+            self.ada = nn.Linear(cfg.cond_dim, 6 * d)
+            nn.init.zeros_(self.ada.weight)          # adaLN-zero: the block starts as identity
+            nn.init.zeros_(self.ada.bias)
+
+    def attention(self, h, cos, sin):
+        B, L, D = h.shape
+        q, k, v = self.qkv(h).view(B, L, 3, self.n_head, D // self.n_head).permute(2, 0, 3, 1, 4)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal,
+                                             dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(out.transpose(1, 2).reshape(B, L, D))
+
+    def forward(self, x, c, cos, sin):
+        if not self.adaln:
+            x = x + self.attention(self.ln1(x), cos, sin)
+            return x + self.mlp(self.ln2(x))
+        sa, ca, ga, sm, cm, gm = self.ada(c).chunk(6, -1)
+        x = x + ga[:, None] * self.attention(modulate(self.ln1(x), sa, ca), cos, sin)
+        return x + gm[:, None] * self.mlp(modulate(self.ln2(x), sm, cm))
+
+
+class DiffusionTransformer(nn.Module):
+    """The score network of lesson 9 (and, with ``objective="ar"``, the causal baseline)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.n_in, cfg.d_model)
+        nn.init.normal_(self.embed.weight, std=0.02)
+        self.sigma_embed = SigmaEmbedding(cfg.cond_dim) if cfg.adaln else None
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.d_model, elementwise_affine=not cfg.adaln)
+        self.head = nn.Linear(cfg.d_model, cfg.n_out)
+        if cfg.adaln:
+            self.ada_f = nn.Linear(cfg.cond_dim, 2 * cfg.d_model)
+            nn.init.zeros_(self.ada_f.weight)
+            nn.init.zeros_(self.ada_f.bias)
+        nn.init.zeros_(self.head.weight)             # a fresh network outputs exactly 0
+        nn.init.zeros_(self.head.bias)
+        cos, sin = rotary_tables(cfg.seq_len, cfg.d_model // cfg.n_head)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+
+    def num_params(self, embeddings: bool = True) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        return n if embeddings else n - self.embed.weight.numel()
+
+    def forward(self, x: torch.Tensor, sigma_bar: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw output z of shape (B, L, n_out) for input tokens x (B, L) at noise sigma_bar (B,)."""
+        B, L = x.shape
+        if L > self.cfg.seq_len:
+            raise ValueError(f"sequence length {L} exceeds the model's seq_len = {self.cfg.seq_len}")
+        h = self.embed(x)
+        cos, sin = self.cos[:L], self.sin[:L]
+        c = None
+        if self.cfg.adaln:
+            if sigma_bar is None:
+                sigma_bar = torch.zeros(B, device=x.device)
+            c = F.silu(self.sigma_embed(sigma_bar))
+        for block in self.blocks:
+            h = block(h, c, cos, sin)
+        h = self.ln_f(h)
+        if self.cfg.adaln:
+            shift, scale = self.ada_f(c).chunk(2, -1)
+            h = modulate(h, shift, scale)
+        return self.head(h)
+
+    # ---------------------------------------------------------------- score interface
+    def log_score(self, x_t: torch.Tensor, sigma_bar) -> torch.Tensor:
+        """Log Hamming-1 ratios ``log s[b, i, y]``, shape (B, d, n), float32 (lesson 9).
+
+        ``sigma_bar`` is a scalar or of shape (B,). The entry at y = x_t[b, i] is exactly 0.
+        """
+        if self.cfg.objective == "ar":
+            raise ValueError("an 'ar' model has no score; use ar_log_probs")
+        x_t = x_t.long()
+        sb = torch.as_tensor(sigma_bar, dtype=torch.float32, device=x_t.device)
+        sb = torch.broadcast_to(sb.float(), x_t.shape[:1])
+        z = self(x_t, sb).float()
+        if self.cfg.objective == "absorb":
+            # SEDD's absorbing parametrisation: ratios = softmax-like scores / (e^{sigma_bar} - 1)
+            z = z - log_expm1(sb)[:, None, None] - math.log(self.cfg.n_out - 1)
+        return z.scatter(-1, x_t[..., None], 0.0)
+
+    def score_fn(self, x_t: torch.Tensor, sigma_bar) -> torch.Tensor:
+        """Ratios ``exp(log_score)`` with the agreed score-function signature."""
+        return torch.exp(self.log_score(x_t, sigma_bar))
+
+    # ---------------------------------------------------------------- autoregressive
+    def ar_log_probs(self, x0: torch.Tensor) -> torch.Tensor:
+        """log p(x0[b, i] | x0[b, :i]) for each position, shape (B, d) (ar objective only)."""
+        if self.cfg.objective != "ar":
+            raise ValueError(f"ar_log_probs needs an 'ar' model, this one is {self.cfg.objective!r}")
+        bos = torch.full_like(x0[:, :1], self.cfg.n_chars)
+        logits = self(torch.cat([bos, x0[:, :-1]], 1)).float()
+        return torch.gather(F.log_softmax(logits, -1), -1, x0[..., None])[..., 0]
+
+
+__all__ = ["ModelConfig", "DiffusionTransformer", "log_expm1", "OBJECTIVES"]

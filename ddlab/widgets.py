@@ -1,0 +1,210 @@
+"""The logic behind the interactive views of lessons 1 and 2.
+
+A lesson's slider cell only builds the ipywidgets and forwards their values to a function here.
+Each function draws on the matplotlib axes it is given (or on a new figure in the course style)
+and returns the numbers it plotted, so a plain Python process can drive every view over its range
+and hold those numbers against independent computations (tests/test_widgets_logic.py).
+
+The toy chains shared by the views (``toy_chain(kind)``), all started from p0 = (0.5, 0.3, 0.2):
+
+* ``"uniform"``: ddlab.Uniform(3), Q = 1 - 3 I;
+* ``"absorbing"``: ddlab.Absorbing(4), MASK = 3, p0 = (0.5, 0.3, 0.2, 0);
+* ``"custom"``: the birth-death chain 0 <-> 1 <-> 2 of lesson 1,
+  ``Q = [[-2, 1, 0], [2, -2, 2], [0, 1, -2]]``, eigenvalues 0, -2, -4, stationary (1, 2, 1) / 4.
+
+``WIDGETS`` lists every view with the ranges of its parameters: a tuple (lo, hi) is a slider, a
+list is a dropdown.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ._checks import check_time
+from .exact import marginal
+from .paths import reverse_ode
+from .plotting import PALETTE, figure
+from .rate_matrices import Absorbing, RateMatrix, Uniform
+from .schedules import Geometric, LogLinear
+
+KINDS = ("uniform", "absorbing", "custom")
+SCHEDULES = ("loglinear", "geometric")
+P0 = (0.5, 0.3, 0.2)
+CUSTOM_Q = ((-2.0, 1.0, 0.0),
+            (2.0, -2.0, 2.0),
+            (0.0, 1.0, -2.0))
+
+
+def toy_chain(kind: str):
+    """``(rm, p0)`` for one of the toy chains of lessons 1 and 2 (see the module docstring)."""
+    if kind == "uniform":
+        return Uniform(3), torch.tensor(P0, dtype=torch.float64)
+    if kind == "absorbing":
+        return Absorbing(4), torch.tensor(P0 + (0.0,), dtype=torch.float64)
+    if kind == "custom":
+        return (RateMatrix(torch.tensor(CUSTOM_Q, dtype=torch.float64)),
+                torch.tensor(P0, dtype=torch.float64))
+    raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+
+
+def toy_schedule(name: str):
+    """The schedule a view runs under: LogLinear(1e-3) or Geometric(1e-4, 20), SEDD's defaults."""
+    if name == "loglinear":
+        return LogLinear(1e-3)
+    if name == "geometric":
+        return Geometric(1e-4, 20.0)
+    raise ValueError(f"schedule must be one of {SCHEDULES}, got {name!r}")
+
+
+def _axes_pair(ax_a, ax_b):
+    """Both axes given, or neither (then a new course figure with two panels)."""
+    if (ax_a is None) != (ax_b is None):
+        raise ValueError("give both axes or neither (a new figure is made when neither is given)")
+    if ax_a is None:
+        fig, (ax_a, ax_b) = figure(1, 2)
+        return fig, ax_a, ax_b
+    return None, ax_a, ax_b
+
+
+def _state_labels(rm) -> list[str]:
+    labels = [str(i) for i in range(rm.n)]
+    if isinstance(rm, Absorbing):
+        labels[-1] = "M"
+    return labels
+
+
+def marginal_view(kind: str = "uniform", t: float = 0.5, schedule: str = "loglinear",
+                  ax_bars=None, ax_heat=None) -> dict:
+    """Lesson 1's slider: p_t as bars beside the heat map of ``P = expm(sigma_bar(t) Q)``.
+
+    Returns ``dict(t, sigma_bar, p_t, P, fig)`` with ``p_t = P @ p0`` (float64 tensors; ``fig``
+    is the new figure, or None when axes were given).
+    """
+    rm, p0 = toy_chain(kind)
+    sched = toy_schedule(schedule)
+    t = float(check_time(t))
+    sb = sched.sigma_bar(t)
+    P = rm.transition(sb)
+    p_t = marginal(rm, p0, sb)
+    limit = rm.stationary()          # where p_t is headed (all MASK for absorbing)
+    tv = 0.5 * (p_t - limit).abs().sum().item()
+
+    fig, ax_bars, ax_heat = _axes_pair(ax_bars, ax_heat)
+    states = np.arange(rm.n)
+    labels = _state_labels(rm)
+    ax_bars.bar(states, p_t.numpy(), color=PALETTE[0], label=r"$p_t$")
+    ax_bars.step(np.r_[states - 0.5, rm.n - 0.5], np.r_[p0.numpy(), p0[-1].item()], where="post",
+                 color=PALETTE[1], lw=1.5, label=r"$p_0$")
+    ax_bars.plot(states, limit.numpy(), "_", color=PALETTE[3], ms=25, mew=2, label="limit")
+    ax_bars.set(xticks=states, xticklabels=labels, ylim=(0, 1.2), xlabel="state $x$",
+                ylabel=r"$p_t(x)$", yticks=np.linspace(0, 1, 6))
+    ax_bars.legend(loc="upper center", ncol=3)
+    ax_bars.set_title(f"{kind}, t = {t:.2f}: TV to the limit {tv:.2f}")
+
+    ax_heat.imshow(P.numpy(), vmin=0, vmax=1, cmap="viridis")
+    for y in range(rm.n):
+        for x in range(rm.n):
+            v = P[y, x].item()
+            ax_heat.text(x, y, f"{v:.2f}", ha="center", va="center", fontsize=8,
+                         color="white" if v < 0.6 else "black")
+    ax_heat.set(xticks=states, yticks=states, xticklabels=labels, yticklabels=labels,
+                xlabel=r"from $x_0$", ylabel=r"to $x_t$")
+    ax_heat.grid(False)
+    ax_heat.set_title(rf"$P = \exp(\bar\sigma Q)$, $\bar\sigma$ = {sb.item():.3g}")
+    return {"t": t, "sigma_bar": sb, "p_t": p_t, "P": P, "fig": fig}
+
+
+def reverse_view(t: float = 0.5, kind: str = "uniform", schedule: str = "loglinear",
+                 ax_bars=None, ax_traj=None, num_points: int = 41) -> dict:
+    """Lesson 2's slider: run the reverse process for a time t from T = 1 and compare with p_{1-t}.
+
+    The reverse ODE (ddlab.paths.reverse_ode) is integrated from ``q_1 = p_1`` back to time
+    ``s = 1 - t`` on a grid of ``num_points`` times; the left panel shows ``q_s`` beside the exact
+    forward marginal ``p_s``, the right panel the reverse trajectory over the exact forward curves.
+
+    Returns ``dict(t, t_forward, sigma_bar, p_exact, p_reverse, times, trajectory, fig)`` with
+    ``trajectory[k]`` the reverse-ODE distribution at ``times[k]`` (times ascending from s to 1).
+    """
+    rm, p0 = toy_chain(kind)
+    sched = toy_schedule(schedule)
+    t = float(check_time(t))
+    s = 1.0 - t
+    times = torch.linspace(s, 1.0, num_points, dtype=torch.float64)
+    times[-1] = 1.0                                # exact end point despite rounding in linspace
+    traj = reverse_ode(rm, p0, sched, times)
+    sb = sched.sigma_bar(s)
+    p_exact = marginal(rm, p0, sb)
+    p_reverse = traj[0]
+    err = (p_reverse - p_exact).abs().max().item()
+
+    fig, ax_bars, ax_traj = _axes_pair(ax_bars, ax_traj)
+    states = np.arange(rm.n)
+    labels = _state_labels(rm)
+    w = 0.4
+    ax_bars.bar(states - w / 2, p_exact.numpy(), w, color=PALETTE[0], label=r"exact $p_s$")
+    ax_bars.bar(states + w / 2, p_reverse.numpy(), w, color=PALETTE[1], label=r"reverse ODE $q_s$")
+    ax_bars.set(xticks=states, xticklabels=labels, ylim=(0, 1.2), xlabel="state $x$",
+                ylabel="probability", yticks=np.linspace(0, 1, 6))
+    ax_bars.legend(loc="upper center", ncol=2)
+    ax_bars.set_title(f"{kind}: after reverse time {t:.2f}, $q_s = p_s$ (s = {s:.2f})")
+    ax_bars.text(0.98, 0.72, f"max error {err:.0e}", transform=ax_bars.transAxes, ha="right",
+                 fontsize=9)
+
+    grid = torch.linspace(0.0, 1.0, 101, dtype=torch.float64)
+    exact_curves = marginal(rm, p0, sched.sigma_bar(grid))
+    for x in range(rm.n):
+        c = PALETTE[x % len(PALETTE)]
+        ax_traj.plot(grid.numpy(), exact_curves[:, x].numpy(), color=c, lw=1, alpha=0.5)
+        ax_traj.plot(times.numpy(), traj[:, x].numpy(), color=c, lw=2.5, label=f"$x$ = {labels[x]}")
+    ax_traj.axvline(s, color="0.3", lw=1, ls="--")
+    ax_traj.set(xlim=(0, 1), ylim=(0, 1.2), xlabel="forward time $t$ (reverse runs right to left)",
+                ylabel=r"$q_t(x)$ thick, $p_t(x)$ thin", yticks=np.linspace(0, 1, 6))
+    ax_traj.legend(loc="upper center", ncol=rm.n)
+    ax_traj.set_title("the reverse ODE retraces $p_t$")
+    return {"t": t, "t_forward": s, "sigma_bar": sb, "p_exact": p_exact, "p_reverse": p_reverse,
+            "times": times, "trajectory": traj, "fig": fig}
+
+
+# Every view and the ranges of its parameters: (lo, hi) is a slider, a list is a dropdown.
+_RATIO_MODELS: dict = {}
+
+
+def _untrained_ratio_models(n: int = 8) -> dict:
+    """Small untrained toy models, one per noise: what learned_ratios_view draws by default."""
+    if not _RATIO_MODELS:
+        from . import toy
+        torch.manual_seed(0)
+        _RATIO_MODELS["absorbing"] = (toy.MLPScore(Absorbing(n), LogLinear(1e-3), hidden=16),
+                                      toy.bimodal(n, absorbing=True))
+        _RATIO_MODELS["uniform"] = (toy.MLPScore(Uniform(n), Geometric(1e-3, 1.0), hidden=16),
+                                    toy.bimodal(n))
+    return _RATIO_MODELS
+
+
+def learned_ratios_view(noise: str, t: float, models: dict | None = None, ax=None) -> dict:
+    """Lesson 4's slider: exact ratios (lines) and a model's learned ones (dots) at time t.
+
+    ``models`` maps "absorbing"/"uniform" to ``(model, p0)``; the lesson passes its trained
+    models, and without it small untrained ones are drawn (so the view can be tested alone).
+    """
+    models = _untrained_ratio_models() if models is None else models
+    if noise not in models:
+        raise ValueError(f"noise must be one of {sorted(models)}, got {noise!r}")
+    model, p0 = models[noise]
+    from .toy import plot_ratios
+    exact, learned = plot_ratios(model, p0, [t], ax=ax)
+    return {"exact": exact, "learned": learned}
+
+
+WIDGETS = {
+    "marginal_view": (marginal_view, {"kind": list(KINDS), "t": (0.0, 1.0),
+                                      "schedule": list(SCHEDULES)}),
+    "reverse_view": (reverse_view, {"kind": list(KINDS), "t": (0.0, 1.0),
+                                    "schedule": list(SCHEDULES)}),
+    "learned_ratios_view": (learned_ratios_view, {"noise": ["absorbing", "uniform"],
+                                                  "t": (0.02, 0.98)}),
+}
+
+__all__ = ["KINDS", "SCHEDULES", "P0", "CUSTOM_Q", "toy_chain", "toy_schedule", "marginal_view",
+           "reverse_view", "learned_ratios_view", "WIDGETS"]

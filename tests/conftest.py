@@ -1,0 +1,55 @@
+"""Shared test setup for the whole suite.
+
+* The repository root goes first on sys.path, so the tests import the working tree's ddlab even
+  when the editable install is stale or pytest is started from another directory.
+* torch uses one thread per process: the suite runs under pytest-xdist on a small machine, and
+  two workers each spawning several BLAS threads only slows everything down.
+* One hypothesis profile for everyone: no per-example deadline (timings on a shared CPU are
+  noisy) and derandomised, so a run that passed on CI passes again. `HYPOTHESIS_PROFILE=explore`
+  draws fresh random examples, more of them, when hunting for bugs locally.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+torch.set_num_threads(1)
+
+settings.register_profile("ddlab", deadline=None, max_examples=30, derandomize=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("explore", deadline=None, max_examples=300,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ddlab"))
+
+
+def random_generator(n: int, rng: np.random.Generator, zero_frac: float = 0.0,
+                     scale: float = 1.0) -> np.ndarray:
+    """A random valid rate matrix (float64 numpy), built the way the convention defines one:
+    non-negative off-diagonal rates Q[y, x] (x -> y), diagonal = minus the column sum.
+    A fraction `zero_frac` of the off-diagonal rates is set to zero."""
+    off = rng.exponential(scale, size=(n, n))
+    off[rng.random((n, n)) < zero_frac] = 0.0
+    np.fill_diagonal(off, 0.0)
+    return off - np.diag(off.sum(0))
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    """A fixed-seed numpy generator, fresh for every test."""
+    return np.random.default_rng(20240527)
+
+
+@pytest.fixture
+def make_generator():
+    """The `random_generator(n, rng, zero_frac=0, scale=1)` helper, as a fixture."""
+    return random_generator

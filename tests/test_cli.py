@@ -1,0 +1,96 @@
+"""The three commands on tiny checkpoints: train, evaluate, sample (lesson 9)."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ddlab import data, evaluate, sample, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--n_layer", "1", "--n_head", "2", "--d_model", "32", "--cond_dim", "16", "--seq_len",
+        "32", "--batch_size", "8", "--threads", "1", "--progress", "false", "--eval_batches", "1"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    corpus = root / "small.txt"
+    corpus.write_text(data.fallback_text()[:40_000])
+    out = {}
+    for name, extra in [("zero", ["--max_steps", "0"]), ("absorb", ["--max_steps", "30"]),
+                        ("ar", ["--max_steps", "0", "--objective", "ar"])]:
+        out[name] = root / name
+        train.main(["--preset", "tiny-cpu", *TINY, "--data", str(corpus), "--out", str(out[name]),
+                    *extra])
+    return out
+
+
+def test_untrained_model_bound_is_log2_27(runs):
+    """A zero-initialised absorbing network is the exact score of i.i.d. uniform characters, whose
+    bound is int_0^inf e^{-sb} log 27 dsb = log 27 nats per character (to O(e^{-sb(eps)}))."""
+    r = evaluate.main([str(runs["zero"]), "--split", "valid", "--max_chunks", "8", "--num_t", "8"])
+    assert r["stderr"] > 0
+    assert abs(r["bpc"] - math.log2(27)) < 4 * r["stderr"] + 1e-3
+    ar = evaluate.main([str(runs["ar"]), "--split", "test", "--max_chunks", "4"])
+    assert ar["stderr"] == 0 and math.isclose(ar["bpc"], math.log2(27), rel_tol=1e-6)
+
+
+def test_trained_run_beats_uniform(runs):
+    r = evaluate.evaluate_run(runs["absorb"], "valid", num_t=8, max_chunks=16)
+    assert r["bpc"] + 4 * r["stderr"] < math.log2(27)
+
+
+def test_evaluate_cli_subprocess(runs):
+    res = subprocess.run([sys.executable, "-m", "ddlab.evaluate", str(runs["absorb"]), "--split",
+                          "test", "--max_chunks", "2", "--num_t", "2"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "test bits/char" in res.stdout and "+-" in res.stdout
+    bad = subprocess.run([sys.executable, "-m", "ddlab.evaluate", str(runs["absorb"]) + "_nope"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "no checkpoint" in bad.stderr
+
+
+@pytest.mark.parametrize("sampler", ["tweedie", "euler"])
+def test_pattern_infilling_keeps_clamped_positions(runs, sampler):
+    pattern = "the ____ sat on the ___"
+    texts = sample.main([str(runs["absorb"]), "--steps", "8", "--sampler", sampler, "--batch",
+                         "3", "--pattern", pattern])
+    assert len(texts) == 3
+    for t in texts:
+        assert len(t) == len(pattern) and "_" not in t          # every free position filled
+        assert all(c == p for c, p in zip(t, pattern) if p != "_")
+
+
+def test_prefix_and_suffix_are_kept(runs):
+    texts = sample.main([str(runs["absorb"]), "--steps", "4", "--batch", "2", "--prefix",
+                         "The Cat", "--suffix", "end", "--length", "20"])
+    for t in texts:
+        assert t.startswith("the cat") and t.endswith("end") and len(t) == 20
+
+
+def test_sample_errors(runs):
+    with pytest.raises(SystemExit, match="autoregressive"):
+        sample.main([str(runs["ar"]), "--steps", "2"])
+    with pytest.raises(SystemExit, match="exceeds"):
+        sample.main([str(runs["absorb"]), "--length", "64"])
+    with pytest.raises(ValueError, match="pattern characters"):
+        sample.make_clamp(10, pattern="A__")
+    with pytest.raises(SystemExit, match="unknown preset"):
+        train.main(["--preset", "gigantic"])
+
+
+def test_generative_bpc_of_uniform_ar_model_is_log2_27(runs):
+    ar, *_ = train.load_model(runs["ar"])
+    x = torch.randint(0, 27, (4, 32))
+    assert math.isclose(sample.generative_bpc(ar, x), math.log2(27), rel_tol=1e-6)
+    model, cfg, rm, sch = train.load_model(runs["absorb"])
+    curve = sample.generative_bpc_curve(model, rm, sch, ar, [2, 4], batch=2, d=16)
+    assert set(curve) == {"euler", "tweedie"}
+    assert all(math.isclose(v, math.log2(27), rel_tol=1e-6) for vs in curve.values() for v in vs)

@@ -1,0 +1,121 @@
+"""The diffusion transformer: shapes, parametrisation, causality, analytic initial loss (lesson 9)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ddlab import Absorbing, LogLinear, Uniform
+from ddlab.model import DiffusionTransformer, ModelConfig, log_expm1
+from ddlab.train import dwdse_loss
+
+SMALL = dict(seq_len=32, n_layer=2, n_head=2, d_model=32, cond_dim=16)
+
+
+def _model(objective="absorb", randomize=False, seed=0):
+    torch.manual_seed(seed)
+    m = DiffusionTransformer(ModelConfig(objective=objective, **SMALL))
+    if randomize:                       # leave the zero init so outputs depend on the input
+        with torch.no_grad():
+            for p in m.parameters():
+                p.add_(0.2 * torch.randn_like(p))
+    return m.eval()
+
+
+@pytest.mark.parametrize("objective,n", [("absorb", 28), ("uniform", 27)])
+def test_shapes_and_entry_at_input_is_zero(objective, n):
+    m = _model(objective, randomize=True)
+    x = torch.randint(0, n, (3, 20))
+    ls = m.log_score(x, torch.tensor([0.1, 1.0, 5.0]))
+    assert ls.shape == (3, 20, n) and ls.dtype == torch.float32
+    assert torch.all(torch.gather(ls, -1, x[..., None]) == 0)
+    assert torch.allclose(m.score_fn(x, 0.5), torch.exp(m.log_score(x, 0.5)))
+    assert m.log_score(x, 2.0).shape == (3, 20, n)            # a scalar sigma_bar broadcasts
+
+
+def test_log_expm1_matches_float64():
+    x = torch.logspace(-6, 2.5, 200, dtype=torch.float64)
+    ref = torch.log(torch.expm1(x))
+    got = log_expm1(x.float()).double()
+    assert torch.allclose(got, ref, rtol=1e-5, atol=1e-5)
+    assert torch.isfinite(log_expm1(torch.tensor([1000.0]))).all()   # e^1000 overflows float32
+
+
+def test_zero_initialised_absorbing_score_is_uniform_prior():
+    """A fresh network outputs exactly 0, so s_y = 1 / (27 (e^sb - 1)) for every clean y: the exact
+    ratio p_t(x_i = y) / p_t(x_i = MASK) of data uniform over the 27 characters."""
+    m = _model("absorb")
+    x = torch.full((2, 8), 27)
+    sb = torch.tensor([0.01, 3.0], dtype=torch.float64)
+    s = m.score_fn(x, sb.float()).double()
+    expected = math.exp(-sb[0]) / (1 - math.exp(-sb[0])) / 27
+    assert torch.allclose(s[0, :, :27], torch.full((8, 27), expected, dtype=torch.float64), rtol=1e-5)
+    assert torch.all(s[..., 27] == 1)
+
+
+def test_zero_initialised_loss_is_analytic_given_the_masks():
+    """Per masked token the score entropy of s_y = r / 27 against r = 1 / (e^sb - 1) is
+    r - r log(r / 27) + r (log r - 1) = r log 27, so the loss is sigma(t) * #masked * log 27 / expm1(sb)."""
+    m, rm, sch = _model("absorb"), Absorbing(28), LogLinear(1e-3)
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randint(0, 27, (6, 32), generator=g)
+    t = torch.tensor([0.05, 0.2, 0.4, 0.6, 0.8, 0.99], dtype=torch.float32)
+    sb = sch.sigma_bar(t)
+    x_t = rm.sample_transition(x0, sb[:, None], generator=g)
+    se = rm.score_entropy(m.log_score(x_t, sb), x_t, x0, sb[:, None])
+    loss = sch.sigma(t) * se.sum(-1)
+    n_masked = (x_t == 27).sum(-1).double()
+    by_hand = (sch.sigma(t.double()) * n_masked * math.log(27) / torch.expm1(sb.double()))
+    assert torch.allclose(loss.double(), by_hand, rtol=1e-4)
+
+
+def test_zero_initialised_expected_loss_is_one_minus_eps_log27():
+    """Averaged over masks and t ~ U(t_eps, 1): sigma(t) e^{-sb} log 27 = (1 - eps) log 27 per token
+    for LogLinear(eps) (the t dependence cancels). Monte Carlo with a 4-sigma tolerance."""
+    m, rm, sch = _model("absorb"), Absorbing(28), LogLinear(1e-3)
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.randint(0, 27, (256, 32), generator=g)
+    per_seq = dwdse_loss(m, x0, rm, sch, t_eps=1e-3, generator=g) / 32
+    mean, se = per_seq.mean().item(), per_seq.std().item() / math.sqrt(256)
+    target = (1 - 1e-3) * math.log(27)
+    assert abs(mean - target) < 4 * se and se < 0.05 * target
+
+
+def test_zero_initialised_uniform_and_ar():
+    x = torch.randint(0, 27, (2, 10))
+    assert torch.all(_model("uniform").log_score(x, 0.3) == 0)
+    lp = _model("ar").ar_log_probs(x)
+    assert torch.allclose(lp, torch.full((2, 10), -math.log(27)))
+
+
+def test_ar_model_is_causal_and_diffusion_model_is_not():
+    x = torch.randint(0, 27, (1, 16))
+    y = x.clone()
+    y[0, 9] = (x[0, 9] + 1) % 27
+    ar = _model("ar", randomize=True)
+    a, b = ar.ar_log_probs(x), ar.ar_log_probs(y)
+    assert torch.equal(a[:, :9], b[:, :9])                 # p(x_i | x_<i) for i < 9 cannot see x_9
+    assert not torch.allclose(a[:, 10:], b[:, 10:])
+    dm = _model("absorb", randomize=True)
+    a, b = dm.log_score(x, 1.0), dm.log_score(y, 1.0)
+    assert not torch.allclose(a[:, :9], b[:, :9])          # bidirectional: earlier positions see it
+
+
+def test_sigma_conditioning_changes_the_output():
+    m = _model("uniform", randomize=True)
+    x = torch.randint(0, 27, (1, 8))
+    assert not torch.allclose(m.log_score(x, 0.1), m.log_score(x, 2.0))
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="objective"):
+        ModelConfig(objective="bert")
+    with pytest.raises(ValueError, match="heads of even width"):
+        ModelConfig(d_model=30, n_head=4)
+    m = _model("absorb")
+    with pytest.raises(ValueError, match="seq_len"):
+        m.log_score(torch.zeros(1, 64, dtype=torch.long), 1.0)
+    with pytest.raises(ValueError, match="ar_log_probs"):
+        _model("ar").log_score(torch.zeros(1, 4, dtype=torch.long), 1.0)

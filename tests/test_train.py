@@ -1,0 +1,152 @@
+"""Training: a step lowers the loss, resume is bit-for-bit, the NaN guard, DDP with gloo (lesson 9)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from ddlab import data
+from ddlab.config import PRESETS, make_config
+from ddlab.train import (CKPT_NAME, Objective, TrainingDiverged, build_model, build_process,
+                         dwdse_loss, load_checkpoint, train)
+
+TINY = dict(n_layer=1, n_head=2, d_model=32, cond_dim=16, seq_len=32, batch_size=8, lr=3e-3,
+            warmup=2, ema=0.9, threads=1, progress=False, eval_batches=1, log_every=2)
+
+
+@pytest.fixture(scope="module")
+def corpus_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("corpus") / "small.txt"
+    path.write_text(data.fallback_text()[:40_000])
+    return str(path)
+
+
+def _cfg(corpus_file, out, **over):
+    return make_config("tiny-cpu", {**TINY, "data": corpus_file, "out": str(out), **over})
+
+
+@pytest.mark.parametrize("objective", ["absorb", "uniform", "ar"])
+def test_training_steps_lower_the_loss_on_a_fixed_batch(objective, corpus_file, tmp_path):
+    cfg = _cfg(corpus_file, tmp_path, objective=objective)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    rm, sch = build_process(cfg)
+    obj = Objective(model, rm, sch)
+    x0 = data.CropSampler(data.load_corpus(corpus_file).train, 32, 16, seed=0).next()
+
+    def loss():                       # same t and same noise every time: a deterministic function
+        return obj(x0, torch.Generator().manual_seed(5)).mean() / 32
+
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    with torch.no_grad():
+        before = loss().item()
+    for _ in range(15):
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+    with torch.no_grad():
+        after = loss().item()
+    assert after < before - 0.2, (before, after)
+
+
+def test_dwdse_uniform_zero_model_is_finite_and_positive(corpus_file):
+    cfg = _cfg(corpus_file, "unused", objective="uniform")
+    rm, sch = build_process(cfg)
+    assert rm.n == 27 and math.isclose(float(sch.sigma_bar(1.0)), 20 / 27)
+    x0 = torch.randint(0, 27, (4, 32))
+    loss = dwdse_loss(build_model(cfg), x0, rm, sch, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss).all() and (loss > 0).all()
+
+
+def test_resume_is_bit_for_bit(corpus_file, tmp_path):
+    full = train(_cfg(corpus_file, tmp_path / "full", max_steps=8))
+    train(_cfg(corpus_file, tmp_path / "split", max_steps=4))
+    first = load_checkpoint(tmp_path / "split")
+    assert first["step"] == 4
+    resumed = train(_cfg(corpus_file, tmp_path / "split", max_steps=8), resume=True)
+    a = [h["loss_bpc"] for h in full["history"]]
+    b = [h["loss_bpc"] for h in resumed["history"]]
+    assert len(a) == len(b) == 8
+    assert a == b                                             # exactly equal, not approximately
+    ca, cb = load_checkpoint(tmp_path / "full"), load_checkpoint(tmp_path / "split")
+    for k in ca["model"]:
+        assert torch.equal(ca["model"][k], cb["model"][k])
+    for s, t in zip(ca["ema"]["shadow"], cb["ema"]["shadow"]):
+        assert torch.equal(s, t)
+    # a resumed run refuses a changed configuration
+    with pytest.raises(ValueError, match="different configuration.*lr"):
+        train(_cfg(corpus_file, tmp_path / "split", max_steps=9, lr=1e-2), resume=True)
+
+
+def test_nan_guard_stops_and_keeps_last_good_checkpoint(corpus_file, tmp_path, monkeypatch):
+    cfg = _cfg(corpus_file, tmp_path, max_steps=10, ckpt_every=2, log_every=1)
+    original = Objective.forward
+    calls = {"n": 0}
+
+    def poisoned(self, x0, generator=None):
+        calls["n"] += 1
+        out = original(self, x0, generator)
+        return out * float("nan") if calls["n"] == 5 else out
+
+    monkeypatch.setattr(Objective, "forward", poisoned)
+    with pytest.raises(TrainingDiverged, match="step 5.*last good checkpoint"):
+        train(cfg)
+    ck = load_checkpoint(tmp_path)
+    assert ck["step"] == 4
+    assert all(math.isfinite(h["loss_bpc"]) for h in ck["history"])
+    assert all(torch.isfinite(v).all() for v in ck["model"].values())
+
+
+def _ddp_worker(rank, world, init_file, cfg_dict, result_file):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=world)
+    try:
+        result = train(make_config("tiny-cpu", cfg_dict))
+        torch.save({k: v.clone() for k, v in result["model"].state_dict().items()},
+                   f"{result_file}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_two_gloo_processes_keep_weights_in_sync(corpus_file, tmp_path):
+    """Each rank draws its own batches (seeded by rank); only the all-reduced gradient keeps the
+    two copies identical, so equal weights after training show DDP at work."""
+    cfg = dataclasses.asdict(_cfg(corpus_file, tmp_path / "ddp", max_steps=3))
+    cfg.pop("preset")
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), cfg, str(tmp_path / "res")),
+             nprocs=2, join=True)
+    w0 = torch.load(f"{tmp_path / 'res'}.0")
+    w1 = torch.load(f"{tmp_path / 'res'}.1")
+    torch.manual_seed(0)
+    init = build_model(make_config("tiny-cpu", cfg)).state_dict()
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    assert any(not torch.equal(w0[k], init[k]) for k in w0)
+    assert load_checkpoint(tmp_path / "ddp")["step"] == 3        # rank 0 wrote the checkpoint
+    # a single process on rank 0's batches alone ends elsewhere: the DDP update is an average
+    single = train(make_config("tiny-cpu", {**cfg, "out": str(tmp_path / "single")}))
+    w_single = single["model"].state_dict()
+    assert any(not torch.allclose(w0[k], w_single[k]) for k in w0)
+
+
+def test_config_errors_list_what_is_valid():
+    with pytest.raises(ValueError, match="unknown preset 'huge'.*tiny-cpu, mini, small"):
+        make_config("huge")
+    with pytest.raises(ValueError, match="unknown option --lrate.*--lr"):
+        make_config("tiny-cpu", ["--lrate", "1"])
+    with pytest.raises(ValueError, match="--max_steps expects a value of type int, got '1.5'"):
+        make_config("tiny-cpu", ["--max_steps", "1.5"])
+    with pytest.raises(ValueError, match="true/false"):
+        make_config("tiny-cpu", ["--bf16=maybe"])
+    cfg = make_config("tiny-cpu", ["--lr=1e-3", "--bf16", "false", "--objective", "uniform"])
+    assert (cfg.lr, cfg.bf16, cfg.objective) == (1e-3, False, "uniform")
+    assert set(PRESETS) == {"tiny-cpu", "mini", "small"}
+    small = make_config("small")
+    assert (small.n_layer, small.d_model, small.n_head, small.seq_len) == (12, 768, 12, 256)
+    n = build_model(make_config("tiny-cpu")).num_params()
+    assert 0.8e6 < n < 1.3e6

@@ -1,0 +1,178 @@
+"""Drive every interactive view of ddlab.widgets over its whole range, without a browser.
+
+Each registry entry is called at 11 points per slider for every dropdown value, with the Agg
+backend; the numbers it returns are held against scipy's expm, the schedules' formulas written out
+by hand, and an independent integration of the reverse ODE; the bars it drew must be those numbers.
+"""
+
+import itertools
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from scipy.integrate import solve_ivp  # noqa: E402
+from scipy.linalg import expm  # noqa: E402
+
+import ddlab  # noqa: E402
+from ddlab import widgets  # noqa: E402
+
+P0 = np.array([0.5, 0.3, 0.2])
+DENSE = {
+    "uniform": (np.ones((3, 3)) - 3 * np.eye(3), P0),
+    "absorbing": (np.array([[-1.0, 0, 0, 0], [0, -1, 0, 0], [0, 0, -1, 0], [1, 1, 1, 0]]),
+                  np.r_[P0, 0.0]),
+    "custom": (np.array([[-2.0, 1, 0], [2, -2, 2], [0, 1, -2]]), P0),
+}
+
+
+def sigma_bar_by_hand(schedule: str, t: float) -> float:
+    if schedule == "loglinear":
+        return -np.log(1 - (1 - 1e-3) * t)
+    return 1e-4 ** (1 - t) * 20.0 ** t
+
+
+def settings(name):
+    """Every combination of dropdown values, with 11 evenly spaced points on each slider."""
+    _, ranges = widgets.WIDGETS[name]
+    axes = {}
+    for key, r in ranges.items():
+        axes[key] = list(r) if isinstance(r, list) else list(np.linspace(r[0], r[1], 11))
+    keys = list(axes)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*axes.values())]
+
+
+def dropdown_combos(name):
+    _, ranges = widgets.WIDGETS[name]
+    drop = {k: v for k, v in ranges.items() if isinstance(v, list)}
+    return [dict(zip(drop, c)) for c in itertools.product(*drop.values())]
+
+
+def test_registry_lists_callables_and_ranges():
+    assert set(widgets.WIDGETS) == {"marginal_view", "reverse_view"}
+    for name, (fn, ranges) in widgets.WIDGETS.items():
+        assert callable(fn)
+        for key, r in ranges.items():
+            is_slider = isinstance(r, tuple) and len(r) == 2 and r[0] < r[1]
+            assert (isinstance(r, list) and r) or is_slider, f"{name}: bad range {key} = {r!r}"
+    assert len(settings("marginal_view")) == 3 * 11 * 2
+
+
+def bar_heights(ax) -> np.ndarray:
+    return np.array([p.get_height() for p in ax.patches])
+
+
+@pytest.mark.parametrize("combo", dropdown_combos("marginal_view"), ids=str)
+def test_marginal_view_over_its_range(combo):
+    fn, ranges = widgets.WIDGETS["marginal_view"]
+    Q, p0 = DENSE[combo["kind"]]
+    fig, (ax_bars, ax_heat) = plt.subplots(1, 2)
+    try:
+        for t in np.linspace(*ranges["t"], 11):
+            ax_bars.cla()
+            out = fn(**combo, t=t, ax_bars=ax_bars, ax_heat=ax_heat)
+            sb = sigma_bar_by_hand(combo["schedule"], t)
+            assert out["sigma_bar"].item() == pytest.approx(sb, rel=1e-12, abs=1e-15)
+            P = expm(sb * Q)
+            np.testing.assert_allclose(out["P"].numpy(), P, atol=1e-12)
+            np.testing.assert_allclose(out["p_t"].numpy(), P @ p0, atol=1e-12)
+            np.testing.assert_allclose(bar_heights(ax_bars), P @ p0, atol=1e-12)
+            assert out["fig"] is None
+    finally:
+        plt.close(fig)
+
+
+def marginals_by_eig(Q, p0, levels):
+    """p at each noise level from an eigendecomposition of Q (all the toy Q are diagonalisable)."""
+    lam, V = np.linalg.eig(Q)
+    coef = np.linalg.solve(V, p0)
+    return np.real(np.stack([V @ (np.exp(lam * s) * coef) for s in levels]))
+
+
+def reverse_ode_by_scipy(Q, p0, sb_from, sb_to):
+    """q at sigma_bar = sb_to from q = p at sb_from, solving dq/d(-sigma_bar) = Qbar q with scipy.
+
+    Independent of ddlab: p_s from an eigendecomposition of Q, Qbar written out from its
+    definition Qbar[y, x] = p(y) / p(x) Q[x, y], and scipy's adaptive DOP853 integrator."""
+    def rhs(s, q):
+        p = marginals_by_eig(Q, p0, [s])[0]
+        Qbar = p[:, None] / p[None, :] * Q.T
+        np.fill_diagonal(Qbar, 0.0)
+        Qbar -= np.diag(Qbar.sum(0))
+        return -(Qbar @ q)
+
+    start = expm(sb_from * Q) @ p0
+    return solve_ivp(rhs, (sb_from, sb_to), start, method="DOP853", rtol=1e-10, atol=1e-12).y[:, -1]
+
+
+@pytest.mark.parametrize("combo", dropdown_combos("reverse_view"), ids=str)
+def test_reverse_view_over_its_range(combo):
+    fn, ranges = widgets.WIDGETS["reverse_view"]
+    Q, p0 = DENSE[combo["kind"]]
+    fig, (ax_bars, ax_traj) = plt.subplots(1, 2)
+    try:
+        for t in np.linspace(*ranges["t"], 11):
+            ax_bars.cla()
+            out = fn(**combo, t=t, ax_bars=ax_bars, ax_traj=ax_traj)
+            s = 1.0 - t
+            sb = sigma_bar_by_hand(combo["schedule"], s)
+            assert out["t_forward"] == pytest.approx(s)
+            exact = expm(sb * Q) @ p0
+            np.testing.assert_allclose(out["p_exact"].numpy(), exact, atol=1e-12)
+            np.testing.assert_allclose(out["p_reverse"].numpy(), exact, atol=1e-7)
+            heights = bar_heights(ax_bars)
+            np.testing.assert_allclose(heights, np.r_[exact, out["p_reverse"].numpy()], atol=1e-7)
+            traj_sb = np.array([sigma_bar_by_hand(combo["schedule"], u)
+                                for u in out["times"].numpy()])
+            rows = [0, 10, 20, 30, 40]
+            traj_exact = marginals_by_eig(Q, p0, np.maximum(traj_sb[rows], 1e-10))
+            np.testing.assert_allclose(out["trajectory"].numpy()[rows], traj_exact, atol=1e-7)
+    finally:
+        plt.close(fig)
+
+
+@pytest.mark.parametrize("kind", widgets.KINDS)
+def test_reverse_view_matches_an_independent_ode_solve(kind):
+    """Midway (reverse time 0.5, LogLinear) against scipy's DOP853 on Qbar built by ddlab's
+    reverse_rate_matrix from scipy marginals."""
+    Q, p0 = DENSE[kind]
+    out = widgets.reverse_view(0.5, kind, "loglinear")
+    plt.close(out["fig"])
+    ref = reverse_ode_by_scipy(Q, p0, sigma_bar_by_hand("loglinear", 1.0),
+                               sigma_bar_by_hand("loglinear", 0.5))
+    np.testing.assert_allclose(out["p_reverse"].numpy(), ref, atol=1e-7)
+
+
+def test_views_make_their_own_figure_when_no_axes_are_given():
+    for name, (fn, _) in widgets.WIDGETS.items():
+        out = fn(kind="absorbing", t=0.3)
+        assert out["fig"] is not None and len(out["fig"].axes) == 2
+        plt.close(out["fig"])
+
+
+def test_views_refuse_bad_parameters():
+    fig, ax = plt.subplots()
+    try:
+        with pytest.raises(ValueError, match="kind must be one of"):
+            widgets.marginal_view("gaussian", 0.5)
+        with pytest.raises(ValueError, match=r"t must lie in \[0, 1\]"):
+            widgets.marginal_view("uniform", 1.5)
+        with pytest.raises(ValueError, match="schedule must be one of"):
+            widgets.reverse_view(0.5, "uniform", "cosine")
+        with pytest.raises(ValueError, match="both axes or neither"):
+            widgets.reverse_view(0.5, ax_bars=ax)
+    finally:
+        plt.close("all")
+
+
+def test_toy_chains_are_the_documented_ones():
+    for kind, (Q, p0) in DENSE.items():
+        rm, p = widgets.toy_chain(kind)
+        np.testing.assert_array_equal(rm.Q.numpy(), Q)
+        np.testing.assert_array_equal(p.numpy(), p0)
+    # the custom chain's stationary law, by detailed balance: pi_1 = 2 pi_0, pi_2 = pi_1 / 2
+    np.testing.assert_allclose(widgets.toy_chain("custom")[0].stationary().numpy(),
+                               [0.25, 0.5, 0.25], atol=1e-12)
