@@ -25,8 +25,10 @@ evaluate, sample       sampling and infilling
 =====================  ==========================================================  ======
 """
 
-from . import (course, exact, likelihood, losses, mdlm, paths, plotting, rate_matrices, sampling,
-               schedules, sequences, toy, widgets)
+from . import (config, course, data, exact, likelihood, losses, mdlm, model, paths, plotting,
+               rate_matrices, sampling, schedules, sequences, toy, widgets)
+from .data import load_corpus, text8_normalize
+from .model import DiffusionTransformer, ModelConfig
 from .exact import concrete_score, marginal, posterior, reverse_rate_matrix, tweedie_denoiser
 from .likelihood import exact_nll, nll_bound
 from .paths import gillespie, reverse_gillespie, reverse_kernel, reverse_ode, reverse_paths
@@ -47,4 +49,5 @@ __all__ = [
     "nll_bound", "exact_nll",
     "exact_score_fn", "product_marginal", "joint_posterior", "exact_reverse_kernel",
     "factorisation_kl", "condition", "words_toy", "markov_toy", "parity_toy",
+    "load_corpus", "text8_normalize", "DiffusionTransformer", "ModelConfig",
 ]

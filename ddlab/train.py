@@ -247,8 +247,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=None) -> dict:
 
     if resume and (out / CKPT_NAME).is_file():
         ck = load_checkpoint(out)
-        saved = {k: v for k, v in ck["config"].items() if k not in ("max_steps", "time_budget_s",
-                                                                       "progress", "out")}
+        # what may change between a run and its resumption: length, logging, runtime knobs
+        free = ("max_steps", "time_budget_s", "progress", "out", "threads", "eval_every",
+                "eval_batches", "ckpt_every", "log_every", "device", "compile")
+        saved = {k: v for k, v in ck["config"].items() if k not in free}
         now = {k: v for k, v in dataclasses.asdict(cfg).items() if k in saved}
         if now != saved:
             diff = {k: (saved[k], now[k]) for k in saved if saved[k] != now[k]}

@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 
 from ddlab import data
 from ddlab.config import PRESETS, make_config
-from ddlab.train import (CKPT_NAME, Objective, TrainingDiverged, build_model, build_process,
+from ddlab.train import (Objective, TrainingDiverged, build_model, build_process,
                          dwdse_loss, load_checkpoint, train)
 
 TINY = dict(n_layer=1, n_head=2, d_model=32, cond_dim=16, seq_len=32, batch_size=8, lr=3e-3,
