@@ -31,6 +31,7 @@ import torch
 
 from ._checks import as_float, as_tokens, check_distribution, check_sigma_bar, check_time
 from .exact import as_rate_matrix
+from .rate_matrices import _K
 
 KINDS = ("se", "ise", "dse", "csm", "dcsm")
 
@@ -38,8 +39,7 @@ KINDS = ("se", "ise", "dse", "csm", "dcsm")
 # ------------------------------------------------------------------ scalar building blocks
 def K(a):
     """``K(a) = a (log a - 1)`` with ``K(0) = 0``: the constant that makes score entropy >= 0."""
-    a = as_float(a)
-    return torch.xlogy(a, a) - a
+    return _K(as_float(a))
 
 
 def score_entropy_term(s, r):

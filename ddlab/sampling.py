@@ -43,6 +43,8 @@ import torch
 from ._checks import as_tokens, check_time
 from .exact import as_rate_matrix
 from .rate_matrices import Absorbing, _sample_categorical
+from .sequences import all_sequences
+from .sequences import kl_divergence as _kl_terms
 
 METHODS = ("euler", "tweedie", "exact")
 # exact_sampler_distribution holds an (n^d, n^d) matrix: refuse toys larger than this many states.
@@ -256,14 +258,6 @@ def sample(score_fn, rm, schedule, batch, d, steps, method="tweedie", *, x_T=Non
     return x
 
 
-def all_sequences(n: int, d: int) -> torch.Tensor:
-    """Every sequence of (n,)*d as rows of an (n^d, d) int64 tensor, in row-major (C) order,
-    so row j is the sequence at flat index j of a joint of shape (n,)*d."""
-    j = torch.arange(n ** d)
-    strides = torch.tensor([n ** (d - 1 - i) for i in range(d)])
-    return (j[:, None] // strides) % n
-
-
 def _kernel(probs, states):
     """K[a, b] = prod_i probs[a, i, states[b, i]]: the factorised step from each row's sequence."""
     K = torch.ones(probs.shape[0], states.shape[0], dtype=probs.dtype)
@@ -370,10 +364,7 @@ def kl_divergence(p, q) -> float:
     for name, v in (("p", p), ("q", q)):
         if (v < 0).any() or not torch.isfinite(v).all():
             raise ValueError(f"{name} must be finite and non-negative")
-    on = p > 0
-    if (q[on] == 0).any():
-        return math.inf
-    return float((p[on] * (torch.log(p[on]) - torch.log(q[on]))).sum().clamp_min(0))
+    return float(_kl_terms(p, q).clamp_min(0))
 
 
 __all__ = ["METHODS", "check_scores", "sample", "exact_sampler_distribution", "time_grid",

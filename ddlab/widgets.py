@@ -193,8 +193,10 @@ def learned_ratios_view(noise: str, t: float, models: dict | None = None, ax=Non
         raise ValueError(f"noise must be one of {sorted(models)}, got {noise!r}")
     model, p0 = models[noise]
     from .toy import plot_ratios
+    if ax is None:
+        fig, ax = figure()
     exact, learned = plot_ratios(model, p0, [t], ax=ax)
-    return {"exact": exact, "learned": learned}
+    return {"exact": exact, "learned": learned, "fig": ax.figure}
 
 
 WIDGETS = {

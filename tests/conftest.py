@@ -53,3 +53,18 @@ def rng() -> np.random.Generator:
 def make_generator():
     """The `random_generator(n, rng, zero_frac=0, scale=1)` helper, as a fixture."""
     return random_generator
+
+
+def random_joint(n: int, d: int, seed: int = 0, power: float = 3.0) -> torch.Tensor:
+    """A full-support, strongly correlated joint on (n,)*d (float64), for sampler and bound tests."""
+    g = torch.Generator().manual_seed(seed)
+    p = torch.rand((n,) * d, generator=g, dtype=torch.float64) ** power + 0.02
+    return p / p.sum()
+
+
+def with_mask(p0: torch.Tensor) -> torch.Tensor:
+    """Embed a joint on (n,)*d into (n+1,)*d with zero mass on MASK = n."""
+    n, d = p0.shape[0], p0.dim()
+    out = torch.zeros((n + 1,) * d, dtype=torch.float64)
+    out[(slice(0, n),) * d] = p0
+    return out

@@ -12,19 +12,10 @@ from hypothesis import strategies as st
 
 import ddlab
 from ddlab.likelihood import LOG_FLOOR, bound_limit, exact_nll, nll_bound, prior_kl
+from tests.conftest import random_joint, with_mask
 
 
-def joint(n, d, seed=0, power=3.0):
-    g = torch.Generator().manual_seed(seed)
-    p = torch.rand((n,) * d, generator=g, dtype=torch.float64) ** power + 0.02
-    return p / p.sum()
-
-
-def with_mask(p0):
-    n, d = p0.shape[0], p0.dim()
-    out = torch.zeros((n + 1,) * d, dtype=torch.float64)
-    out[(slice(0, n),) * d] = p0
-    return out
+joint = random_joint
 
 
 def toy(kind, n=3, d=2, seed=0, eps_sched=1e-3):

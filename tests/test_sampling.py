@@ -9,21 +9,10 @@ import torch
 import ddlab
 from ddlab.sampling import (all_sequences, check_scores, exact_sampler_distribution,
                             kl_divergence, sample, time_grid)
+from tests.conftest import random_joint, with_mask
 
 
-def joint(n, d, seed=0, power=3.0):
-    """A full-support, strongly correlated joint on (n,)*d (float64)."""
-    g = torch.Generator().manual_seed(seed)
-    p = torch.rand((n,) * d, generator=g, dtype=torch.float64) ** power + 0.02
-    return p / p.sum()
-
-
-def with_mask(p0):
-    """Embed a joint on (n,)*d into (n+1,)*d with zero mass on MASK = n."""
-    n, d = p0.shape[0], p0.dim()
-    out = torch.zeros((n + 1,) * d, dtype=torch.float64)
-    out[(slice(0, n),) * d] = p0
-    return out
+joint = random_joint
 
 
 def toy(kind, n=3, d=2, seed=0):

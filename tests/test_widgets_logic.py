@@ -52,7 +52,7 @@ def dropdown_combos(name):
 
 
 def test_registry_lists_callables_and_ranges():
-    assert set(widgets.WIDGETS) == {"marginal_view", "reverse_view"}
+    assert set(widgets.WIDGETS) == {"marginal_view", "reverse_view", "learned_ratios_view"}
     for name, (fn, ranges) in widgets.WIDGETS.items():
         assert callable(fn)
         for key, r in ranges.items():
@@ -147,10 +147,25 @@ def test_reverse_view_matches_an_independent_ode_solve(kind):
 
 
 def test_views_make_their_own_figure_when_no_axes_are_given():
-    for name, (fn, _) in widgets.WIDGETS.items():
+    for fn in (widgets.marginal_view, widgets.reverse_view):
         out = fn(kind="absorbing", t=0.3)
         assert out["fig"] is not None and len(out["fig"].axes) == 2
         plt.close(out["fig"])
+
+
+@pytest.mark.parametrize("noise", ["absorbing", "uniform"])
+def test_learned_ratios_view_draws_the_exact_ratios(noise):
+    out = widgets.learned_ratios_view(noise, 0.4)
+    model, p0 = widgets._untrained_ratio_models()[noise]
+    # independent: p_t = expm(sigma_bar Q) p0 with scipy, ratios out of the state the view shows
+    P = expm(float(model.schedule.sigma_bar(0.4)) * model.rm.Q.numpy())
+    p_t = P @ p0.numpy()
+    x = model.rm.mask if noise == "absorbing" else int(p0.argmax())
+    exact = out["exact"][0].numpy()
+    keep = slice(0, model.n - 1) if noise == "absorbing" else slice(None)
+    np.testing.assert_allclose(exact[keep], (p_t / p_t[x])[keep], rtol=1e-8)
+    assert np.isfinite(out["learned"].detach().numpy()).all()
+    plt.close(out["fig"])
 
 
 def test_views_refuse_bad_parameters():
