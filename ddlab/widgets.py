@@ -147,7 +147,7 @@ def reverse_view(t: float = 0.5, kind: str = "uniform", schedule: str = "logline
     ax_bars.set(xticks=states, xticklabels=labels, ylim=(0, 1.2), xlabel="state $x$",
                 ylabel="probability", yticks=np.linspace(0, 1, 6))
     ax_bars.legend(loc="upper center", ncol=2)
-    ax_bars.set_title(f"{kind}: after reverse time {t:.2f}, $q_s = p_s$ (s = {s:.2f})")
+    ax_bars.set_title(f"{kind}: reverse time {t:.2f} gives $q_s = p_s$")
     ax_bars.text(0.98, 0.72, f"max error {err:.0e}", transform=ax_bars.transAxes, ha="right",
                  fontsize=9)
 
@@ -158,9 +158,9 @@ def reverse_view(t: float = 0.5, kind: str = "uniform", schedule: str = "logline
         ax_traj.plot(grid.numpy(), exact_curves[:, x].numpy(), color=c, lw=1, alpha=0.5)
         ax_traj.plot(times.numpy(), traj[:, x].numpy(), color=c, lw=2.5, label=f"$x$ = {labels[x]}")
     ax_traj.axvline(s, color="0.3", lw=1, ls="--")
-    ax_traj.set(xlim=(0, 1), ylim=(0, 1.2), xlabel="forward time $t$ (reverse runs right to left)",
+    ax_traj.set(xlim=(0, 1), ylim=(0, 1.35), xlabel="forward time $t$ (reverse runs right to left)",
                 ylabel=r"$q_t(x)$ thick, $p_t(x)$ thin", yticks=np.linspace(0, 1, 6))
-    ax_traj.legend(loc="upper center", ncol=rm.n)
+    ax_traj.legend(loc="upper center", ncol=rm.n, fontsize=8, handlelength=1.2, columnspacing=0.8)
     ax_traj.set_title("the reverse ODE retraces $p_t$")
     return {"t": t, "t_forward": s, "sigma_bar": sb, "p_exact": p_exact, "p_reverse": p_reverse,
             "times": times, "trajectory": traj, "fig": fig}
