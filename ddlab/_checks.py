@@ -52,6 +52,15 @@ def as_tokens(x, n: int, name: str = "x") -> torch.Tensor:
     return t
 
 
+def as_batch(x, n: int, name: str = "x", d: int | None = None) -> torch.Tensor:
+    """Return `x` as an int64 (B, d) batch of token sequences (d checked when given)."""
+    x = as_tokens(x, n, name)
+    if x.dim() != 2 or x.shape[0] < 1 or (d is not None and x.shape[1] != d):
+        want = f"(B, {d})" if d is not None else "(B, d)"
+        raise ValueError(f"{name} must be a {want} batch of token sequences, got shape {tuple(x.shape)}")
+    return x
+
+
 def check_sigma_bar(sigma_bar, name: str = "sigma_bar", dtype=None) -> torch.Tensor:
     """Return sigma_bar as a floating tensor, checking it is finite and >= 0."""
     s = as_float(sigma_bar, dtype)

@@ -59,22 +59,23 @@ def reverse_rate_matrix(Q, p) -> torch.Tensor:
     ``Qbar[y, x] = p[y] / p[x] * Q[x, y]`` for y != x and ``Qbar[x, x] = -sum_{y != x} Qbar[y, x]``.
     Columns at states with p[x] = 0 are zero: the reverse chain is never there. It satisfies
     ``Qbar @ p = -(Q @ p)``: run backward, the reverse chain retraces the forward marginals.
+    ``p`` of shape (M, n) gives the M generators at once, shape (M, n, n).
     """
     Q = as_rate_matrix(Q).Q
     n = Q.shape[0]
     p = check_distribution(p, n, "p").to(torch.float64)
-    if p.dim() != 1:
-        raise ValueError(f"p must be a vector of shape ({n},), got shape {tuple(p.shape)}")
+    if p.dim() not in (1, 2):
+        raise ValueError(f"p must have shape ({n},) or (M, {n}), got shape {tuple(p.shape)}")
     safe = torch.where(p > 0, p, torch.ones_like(p))
-    Qbar = (p[:, None] / safe[None, :]) * Q.T
-    Qbar = torch.where(p[None, :] > 0, Qbar, torch.zeros_like(Qbar))
-    Qbar.fill_diagonal_(0.0)
-    Qbar -= torch.diag(Qbar.sum(0))
+    Qbar = p[..., :, None] / safe[..., None, :] * Q.T
+    Qbar = torch.where(p[..., None, :] > 0, Qbar, torch.zeros_like(Qbar))
+    Qbar = Qbar - torch.diag_embed(torch.diagonal(Qbar, dim1=-2, dim2=-1))
+    Qbar = Qbar - torch.diag_embed(Qbar.sum(-2))
     if not torch.isfinite(Qbar).all():
         # p[y] / p[x] overflows when p[x] is tiny but not zero (e.g. a subnormal 1e-310)
-        x = int((~torch.isfinite(Qbar)).any(0).nonzero()[0])
-        raise ValueError(f"the reverse rates out of state {x} overflow: p[{x}] = {p[x].item():.3g} "
-                         f"is too small for the ratios p[y] / p[{x}] to be finite in float64")
+        x = int((~torch.isfinite(Qbar)).any(-2).reshape(-1, n).any(0).nonzero()[0])
+        raise ValueError(f"the reverse rates out of state {x} overflow: p[..., {x}] is too small "
+                         f"for the ratios p[y] / p[{x}] to be finite in float64")
     return Qbar
 
 

@@ -53,7 +53,8 @@ import math
 
 import torch
 
-from ._checks import as_float, as_tokens
+from ._checks import as_batch, as_float, as_tokens
+from ._numerics import kl_rows, log_expm1
 from .exact import as_rate_matrix
 from .rate_matrices import Absorbing
 from .sampling import _denoise_probs, all_sequences, check_scores
@@ -63,20 +64,12 @@ LOG_FLOOR = -50.0
 
 
 def _check_x0(x0, n):
-    x0 = as_tokens(x0, n, "x0")
-    if x0.dim() != 2 or x0.shape[0] < 1 or x0.shape[1] < 1:
-        raise ValueError(f"x0 must be a (B, d) batch of token sequences, got shape {tuple(x0.shape)}")
-    return x0
+    return as_batch(x0, n, "x0")
 
 
 def _check_eps(eps):
     if not (isinstance(eps, (int, float)) and 0 < eps < 1):
         raise ValueError(f"eps must lie in (0, 1) (the smallest time of the integral), got {eps!r}")
-
-
-def _log_expm1(x: torch.Tensor) -> torch.Tensor:
-    """log(e^x - 1) without overflow for large x or cancellation for small x (x > 0)."""
-    return torch.where(x > 20, x + torch.log1p(-torch.exp(-x)), torch.log(torch.expm1(x.clamp_max(20))))
 
 
 def prior_kl(rm, x0, sigma_bar_T) -> torch.Tensor:
@@ -93,9 +86,7 @@ def prior_kl(rm, x0, sigma_bar_T) -> torch.Tensor:
     x0 = as_tokens(x0, rm.n, "x0")
     P = rm.transition_from(x0, torch.as_tensor(float(sigma_bar_T), dtype=torch.float64,
                                                device=x0.device))
-    pi = rm.stationary().to(P)
-    terms = torch.xlogy(P, P) - torch.xlogy(P, pi.expand_as(P))
-    kl = terms.sum(-1)
+    kl = kl_rows(P, rm.stationary().to(P))
     return kl.reshape(x0.shape[0], -1).sum(-1) if x0.dim() > 1 else kl
 
 
@@ -108,7 +99,7 @@ def _log_scores(score_fn, rm, x_t, sb, sb_T):
     if absorbing:
         # every absorbing ratio out of MASK scales as 1 / (e^{sigma_bar} - 1): move it from
         # sb_call to sb (a no-op where sb <= sigma_bar(1))
-        shift = (_log_expm1(sb_call) - _log_expm1(sb)).to(log_s.dtype)             # (B,)
+        shift = (log_expm1(sb_call) - log_expm1(sb)).to(log_s.dtype)             # (B,)
         clean = torch.arange(rm.n, device=x_t.device) != rm.mask
         where = (x_t == rm.mask)[..., None] & clean
         log_s = log_s + torch.where(where, shift[:, None, None], torch.zeros_like(log_s))
@@ -239,12 +230,6 @@ def _sequence_kernel(rm, sigma_bar, x0, states):
     return q
 
 
-def _kl_rows(q, p):
-    """sum_j q[b, j] log(q[b, j] / p[j]) per row; inf where p = 0 < q."""
-    terms = torch.xlogy(q, q) - torch.xlogy(q, p.expand_as(q))
-    return terms.sum(-1)
-
-
 def _exact_reconstruction(p0, x0, q_eps, kernel):
     """sum_x q_eps[b, x] (-sum_i log p(x0_i = x0[b, i] | x_eps = x)), posteriors by Bayes."""
     n, d = p0.shape[0], p0.dim()
@@ -283,14 +268,14 @@ def bound_limit(p0, x0, rm, schedule, eps=1e-5, reconstruction=False) -> torch.T
     sb_lo = float(schedule.sigma_bar(eps))
     p_eps = product_marginal(rm, p0, sb_lo).reshape(-1)
     q_eps = _sequence_kernel(rm, sb_lo, x0, states)
-    out = _kl_rows(q_eps, p_eps)
+    out = kl_rows(q_eps, p_eps)
     if reconstruction:
         out = out + _exact_reconstruction(p0, x0, q_eps, _sequence_kernel(rm, sb_lo, states, states))
     if not isinstance(rm, Absorbing):
         sb_T = float(schedule.sigma_bar(1.0))
         q_T = _sequence_kernel(rm, sb_T, x0, states)
         p_T = product_marginal(rm, p0, sb_T).reshape(-1)
-        out = out + prior_kl(rm, x0, sb_T) - _kl_rows(q_T, p_T)
+        out = out + prior_kl(rm, x0, sb_T) - kl_rows(q_T, p_T)
     return out
 
 

@@ -31,7 +31,7 @@ import torch
 
 from ._checks import as_float, as_tokens, check_distribution, check_sigma_bar, check_time
 from .exact import as_rate_matrix
-from .rate_matrices import _K
+from ._numerics import K as _K
 
 KINDS = ("se", "ise", "dse", "csm", "dcsm")
 

@@ -37,6 +37,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ._numerics import log_expm1
+
 OBJECTIVES = ("absorb", "uniform", "ar")
 
 
@@ -73,17 +75,6 @@ class ModelConfig:
     @property
     def causal(self) -> bool:
         return self.objective == "ar"
-
-
-def log_expm1(x: torch.Tensor) -> torch.Tensor:
-    """``log(e^x - 1)`` for x > 0 without overflow or cancellation.
-
-    Small x: ``log(expm1(x))`` is accurate; large x: ``x + log1p(-e^{-x})`` avoids e^x overflowing.
-    """
-    big = x > 1.0
-    small = torch.log(torch.expm1(torch.where(big, torch.ones_like(x), x)))
-    large = x + torch.log1p(-torch.exp(-torch.where(big, x, torch.ones_like(x))))
-    return torch.where(big, large, small)
 
 
 class SigmaEmbedding(nn.Module):

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ._checks import as_float, as_tokens, check_distribution, check_sigma_bar, check_time
-from .exact import as_rate_matrix, marginal
+from .exact import as_rate_matrix, marginal, posterior, reverse_rate_matrix
 from .rate_matrices import _sample_categorical
 
 
@@ -128,15 +128,7 @@ def reverse_kernel(rm, p0, sigma_s, sigma_t) -> torch.Tensor:
     if ss > st:
         raise ValueError(f"sigma_s = {ss.item():.6g} must be <= sigma_t = {st.item():.6g}: the "
                          f"reverse kernel steps from the noisier level t back to s")
-    return _kernel(rm, marginal(rm, p0, ss), st - ss)
-
-
-def _kernel(rm, p_s: torch.Tensor, dsigma: torch.Tensor) -> torch.Tensor:
-    P = rm.transition(dsigma).to(torch.float64)          # P[x, y] = p(x_t = x | x_s = y)
-    p_t = P @ p_s
-    joint = P.T * p_s[:, None]                            # joint[y, x] = p(x_s = y, x_t = x)
-    safe = torch.where(p_t > 0, p_t, torch.ones_like(p_t))
-    return torch.where(p_t[None, :] > 0, joint / safe[None, :], torch.zeros_like(joint))
+    return posterior(rm, marginal(rm, p0, ss), st - ss)
 
 
 def reverse_paths(rm, p0, schedule, num_paths: int, times, generator=None) -> torch.Tensor:
@@ -165,7 +157,7 @@ def reverse_paths(rm, p0, schedule, num_paths: int, times, generator=None) -> to
     # The marginals at the grid points, computed forward once: p_k = expm(sb_k Q) p0.
     p_grid = rm.transition(sb).to(torch.float64) @ p0                     # (K, n)
     for k in range(K - 2, -1, -1):
-        kernel = _kernel(rm, p_grid[k], sb[k + 1] - sb[k])               # kernel[y, x]
+        kernel = posterior(rm, p_grid[k], sb[k + 1] - sb[k])               # kernel[y, x]
         x = _sample_categorical(kernel[:, x].T, generator)
         out[:, k] = x
     return out
@@ -302,7 +294,7 @@ def reverse_ode(rm, p0, schedule, times, q_T=None, step: float = 0.05) -> torch.
         # The right-hand side at every node, as a matrix: dq/dw = -(dsigma_bar/dw) Qbar q with
         # dsigma_bar/dw = 1 - exp(-sigma_bar). Marginals for all nodes in one batched call.
         p_nodes = rm.transition(torch.from_numpy(sb_nodes)).to(torch.float64) @ p0
-        A = -(-np.expm1(-sb_nodes))[:, None, None] * _reverse_generators(rm.Q, p_nodes).numpy()
+        A = -(-np.expm1(-sb_nodes))[:, None, None] * reverse_rate_matrix(rm.Q, p_nodes).numpy()
     done = 0
     for row, n_steps in zip(range(len(w_grid) - 2, -1, -1), ends):
         for a, h in steps[done:n_steps]:
@@ -318,18 +310,22 @@ def reverse_ode(rm, p0, schedule, times, q_T=None, step: float = 0.05) -> torch.
     return torch.from_numpy(out)
 
 
-def _reverse_generators(Q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """``reverse_rate_matrix(Q, p[m])`` for every row of p at once, shape (M, n, n).
+def frequencies_match(states, p, n_se: float = 4.0) -> bool:
+    """Do the empirical frequencies of ``states`` lie within ``n_se`` standard errors of ``p``?
 
-    ``Qbar[m, y, x] = p[m, y] / p[m, x] * Q[x, y]`` off the diagonal, zero columns where
-    p[m, x] = 0 (the reverse chain is never there), diagonal minus the column sums.
+    The Monte Carlo check of lessons 1 and 2: ``|freq_x - p_x| <= n_se sqrt(p_x (1 - p_x) / N)``
+    for every state x, N = number of draws. A state with p_x = 0 must never be drawn.
     """
-    safe = torch.where(p > 0, p, torch.ones_like(p))
-    Qbar = p[:, :, None] / safe[:, None, :] * Q.T[None]
-    Qbar = torch.where(p[:, None, :] > 0, Qbar, torch.zeros_like(Qbar))
-    Qbar = Qbar - torch.diag_embed(torch.diagonal(Qbar, dim1=-2, dim2=-1))
-    return Qbar - torch.diag_embed(Qbar.sum(-2))
+    p = np.asarray(torch.as_tensor(p, dtype=torch.float64))
+    states = np.asarray(torch.as_tensor(states)).reshape(-1)
+    if states.size == 0:
+        raise ValueError("states is empty: there are no draws to compare with p")
+    freq = np.bincount(states, minlength=len(p)) / states.size
+    if len(freq) != len(p):
+        raise ValueError(f"states holds ids up to {len(freq) - 1}, but p has {len(p)} states")
+    se = np.sqrt(p * (1 - p) / states.size)
+    return bool(np.all(np.abs(freq - p) <= n_se * se))
 
 
-__all__ = ["Path", "gillespie", "sample_forward", "reverse_kernel", "reverse_paths",
+__all__ = ["frequencies_match", "Path", "gillespie", "sample_forward", "reverse_kernel", "reverse_paths",
            "reverse_gillespie", "reverse_ode", "SIGMA_BAR_FLOOR"]

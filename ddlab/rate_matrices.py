@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import torch
 
+from ._numerics import K as _K
 from ._checks import as_float, as_tokens, broadcast, check_shape, check_sigma_bar
 
 
@@ -470,11 +471,6 @@ def _check_n(n, least: int, what: str) -> int:
         extra = " (the last state is MASK, so at least one real state and MASK)" if least == 2 else ""
         raise ValueError(f"{what}(n) needs n >= {least}{extra}, got n = {n}")
     return n
-
-
-def _K(a: torch.Tensor) -> torch.Tensor:
-    """K(a) = a (log a - 1), with K(0) = 0."""
-    return torch.xlogy(a, a) - a
 
 
 def _normalise(probs: torch.Tensor) -> torch.Tensor:

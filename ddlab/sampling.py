@@ -43,7 +43,7 @@ import torch
 from ._checks import as_tokens, check_time
 from .exact import as_rate_matrix
 from .rate_matrices import Absorbing, _sample_categorical
-from .sequences import all_sequences
+from .sequences import all_sequences, flat_strides
 from .sequences import kl_divergence as _kl_terms
 
 METHODS = ("euler", "tweedie", "exact")
@@ -271,7 +271,7 @@ def _reverse_generator(score_fn, rm, states, support, sb_mid, frozen):
     reachable from ``support`` (other columns are zero: those sequences carry no mass)."""
     N, d = states.shape
     n = rm.n
-    strides = torch.tensor([n ** (d - 1 - i) for i in range(d)])
+    strides = flat_strides(n, d)
     Qbar = torch.zeros(N, N, dtype=torch.float64)
     done = torch.zeros(N, dtype=torch.bool)
     frontier = support.nonzero()[:, 0]
@@ -367,5 +367,17 @@ def kl_divergence(p, q) -> float:
     return float(_kl_terms(p, q).clamp_min(0))
 
 
-__all__ = ["METHODS", "check_scores", "sample", "exact_sampler_distribution", "time_grid",
+def kl_vs_steps(score_fn, rm, schedule, d, p_data, steps, methods=("euler", "tweedie"),
+                **kwargs) -> dict:
+    """``{method: [KL(p_data || law of the sampler with k steps) for k in steps]}``, exactly.
+
+    The curves of lessons 5 and 8: each law comes from :func:`exact_sampler_distribution` (no
+    Monte Carlo); ``kwargs`` (clamp, denoise, eps) are passed on to it.
+    """
+    with torch.no_grad():
+        return {m: [kl_divergence(p_data, exact_sampler_distribution(
+            score_fn, rm, schedule, d, k, m, **kwargs)) for k in steps] for m in methods}
+
+
+__all__ = ["METHODS", "check_scores", "sample", "exact_sampler_distribution", "time_grid", "kl_vs_steps",
            "all_sequences", "kl_divergence"]

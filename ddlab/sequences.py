@@ -27,7 +27,7 @@ import os
 
 import torch
 
-from ._checks import as_float, as_tokens, check_sigma_bar
+from ._checks import as_batch, as_float, as_tokens, check_sigma_bar
 from .exact import as_rate_matrix
 from .rate_matrices import Absorbing
 
@@ -163,7 +163,8 @@ def _marginal(rm, p0: torch.Tensor, sb: float) -> torch.Tensor:
     return _apply_on_every_axis(P, p0.contiguous())
 
 
-def _strides(n: int, d: int, device=None) -> torch.Tensor:
+def flat_strides(n: int, d: int, device=None) -> torch.Tensor:
+    """Row-major strides of the flat index of a sequence on (n,)*d."""
     return torch.tensor([n ** (d - 1 - i) for i in range(d)], dtype=torch.long, device=device)
 
 
@@ -174,7 +175,7 @@ def _hamming1_parts(flat: torch.Tensor, x: torch.Tensor, n: int, which: torch.Te
     when ``which`` is None).
     """
     d = x.shape[1]
-    strides = _strides(n, d, x.device)
+    strides = flat_strides(n, d, x.device)
     base = (x * strides).sum(-1)                                          # (B,)
     y = torch.arange(n, device=x.device)
     idx = base[:, None, None] + (y[None, None, :] - x[:, :, None]) * strides[None, :, None]
@@ -323,11 +324,7 @@ def exact_score_fn(p0, rm, schedule=None, max_bytes: int | None = None, *,
 
 def _check_batch(x_t, n: int, d: int, name: str = "x_t") -> torch.Tensor:
     x_t = as_tokens(x_t, n, name)
-    if x_t.dim() == 1:
-        x_t = x_t[None]
-    if x_t.dim() != 2 or x_t.shape[1] != d:
-        raise ValueError(f"{name} must have shape (B, {d}) or ({d},), got {tuple(x_t.shape)}")
-    return x_t.cpu()
+    return as_batch(x_t[None] if x_t.dim() == 1 else x_t, n, name, d).cpu()
 
 
 def _weight_by_rows(p: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -18,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
+from scipy.stats import chisquare
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -55,6 +57,42 @@ def make_generator():
     return random_generator
 
 
+def reverse_by_definition(Q, p) -> np.ndarray:
+    """The reverse generator written out entry by entry from DESIGN.md, in numpy:
+    Qbar[y, x] = p[y] / p[x] * Q[x, y] for y != x, a zero column where p[x] = 0 (the reverse chain
+    is never there), diagonal minus the column sum."""
+    n = len(p)
+    Qbar = np.zeros((n, n))
+    for x in range(n):
+        for y in range(n):
+            if y != x and p[x] > 0:
+                Qbar[y, x] = p[y] / p[x] * Q[x, y]
+    return Qbar - np.diag(Qbar.sum(0))
+
+
+def chi2_pvalue(samples, law) -> float:
+    """Chi-square goodness-of-fit p-value of integer samples against `law` (non-negative weights
+    over the states, normalised here). A sample at a state of probability zero fails at once."""
+    law = np.asarray(law, dtype=np.float64)
+    counts = np.bincount(np.asarray(samples), minlength=len(law))
+    support = law > 1e-12
+    assert counts[~support].sum() == 0, f"drew a state of probability zero: counts {counts}"
+    return chisquare(counts[support], law[support] / law[support].sum() * counts.sum()).pvalue
+
+
+def notebook_cells(path, kind: str) -> list[str]:
+    """The sources of a notebook's cells of one kind ("code" or "markdown"), in order."""
+    with open(path) as f:
+        nb = json.load(f)
+    return ["".join(c["source"]) for c in nb.get("cells", []) if c.get("cell_type") == kind]
+
+
+def without_magics(code: str) -> str:
+    """A code cell as plain Python: IPython magics and shell lines (% and !) become `pass`."""
+    return "\n".join("pass" if line.lstrip().startswith(("%", "!")) else line
+                     for line in code.splitlines())
+
+
 def random_joint(n: int, d: int, seed: int = 0, power: float = 3.0) -> torch.Tensor:
     """A full-support, strongly correlated joint on (n,)*d (float64), for sampler and bound tests."""
     g = torch.Generator().manual_seed(seed)
@@ -68,3 +106,15 @@ def with_mask(p0: torch.Tensor) -> torch.Tensor:
     out = torch.zeros((n + 1,) * d, dtype=torch.float64)
     out[(slice(0, n),) * d] = p0
     return out
+
+
+def toy_sequence_process(kind: str, n: int = 3, d: int = 2, seed: int = 0, eps_sched: float = 1e-3):
+    """(rm, schedule, p0, exact score_fn) for a correlated toy joint on d tokens of n letters;
+    "absorbing" adds MASK as state n (with no data mass), anything else uses uniform noise."""
+    import ddlab
+    p0 = random_joint(n, d, seed)
+    if kind == "absorbing":
+        rm, sch, p0 = ddlab.Absorbing(n + 1), ddlab.LogLinear(eps_sched), with_mask(p0)
+    else:
+        rm, sch = ddlab.Uniform(n), ddlab.Geometric(1e-3, 3.0)
+    return rm, sch, p0, ddlab.exact_score_fn(p0, rm)

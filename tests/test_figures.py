@@ -22,6 +22,8 @@ import re
 import warnings
 from pathlib import Path
 
+from tests.conftest import notebook_cells, without_magics
+
 REPO = Path(__file__).resolve().parents[1]
 
 _MD_IMAGE = re.compile(r"!\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+[\"'][^)]*[\"'])?\s*\)")
@@ -46,22 +48,12 @@ def is_local(link: str) -> bool:
     return not re.match(r"^([a-z][a-z0-9+.-]*:|//|#)", link, re.I)
 
 
-def notebook_cells(path: Path, kind: str) -> list[str]:
-    nb = json.loads(path.read_text())
-    return ["".join(c["source"]) for c in nb.get("cells", []) if c.get("cell_type") == kind]
-
-
-def _without_magics(code: str) -> str:
-    return "\n".join("pass" if line.lstrip().startswith(("%", "!")) else line
-                     for line in code.splitlines())
-
-
 def saved_figure_names(code: str) -> tuple[list[str], list[str]]:
     """(names or glob patterns, untraceable call texts) of the save_figure calls in some code."""
     names, untraceable = [], []
     with warnings.catch_warnings():  # a lesson's invalid escape is not this test's business
         warnings.simplefilter("ignore")
-        tree = ast.parse(_without_magics(code))
+        tree = ast.parse(without_magics(code))
     for node in ast.walk(tree):
         if not isinstance(node, ast.Call):
             continue

@@ -12,19 +12,13 @@ from hypothesis import strategies as st
 
 import ddlab
 from ddlab.likelihood import LOG_FLOOR, bound_limit, exact_nll, nll_bound, prior_kl
-from tests.conftest import random_joint, with_mask
+from tests.conftest import random_joint, toy_sequence_process, with_mask
 
 
 joint = random_joint
 
 
-def toy(kind, n=3, d=2, seed=0, eps_sched=1e-3):
-    p0 = joint(n, d, seed)
-    if kind == "absorbing":
-        rm, sch, p0 = ddlab.Absorbing(n + 1), ddlab.LogLinear(eps_sched), with_mask(p0)
-    else:
-        rm, sch = ddlab.Uniform(n), ddlab.Geometric(1e-3, 3.0)
-    return rm, sch, p0, ddlab.exact_score_fn(p0, rm)
+toy = toy_sequence_process
 
 
 # ----------------------------------------------------- an independent numpy computation
@@ -210,7 +204,8 @@ def test_float32_network_like_score_on_long_sequences():
     assert calls == [B] * 8                                  # one batched call per stratum
     # tokens 0 carry the floor penalty -LOG_FLOOR per occurrence (in expectation)
     zeros = (x0 == 0).sum(-1).double()
-    assert (est[zeros.argmax()] > est[zeros.argmin()]) or zeros.max() == zeros.min()
+    assert zeros.max() - zeros.min() >= 5                    # the seed gives distinct counts
+    assert est[zeros.argmax()] > est[zeros.argmin()]
     assert LOG_FLOOR == -50.0
 
 

@@ -290,15 +290,31 @@ def test_dwdse_floor_uniform_against_scipy_quad(rng):
     assert abs(got - want) < 1e-7 * want
 
 
-def test_dwdse_per_token_is_sigma_times_dse(rng):
-    rm, sch = ddlab.Uniform(5), ddlab.Geometric(1e-3, 1.0)
+def test_dwdse_per_token_by_hand(rng):
+    """dwdse per token = sigma(t) sum_{y != x} Q[x, y] (s_y - r_y log s_y + K(r_y)), with the
+    schedule written out and r_y from scipy's expm, one time per sequence."""
+    n, smin, smax = 5, 1e-3, 1.0
+    rm, sch = ddlab.Uniform(n), ddlab.Geometric(smin, smax)
     x0 = torch.tensor([[0, 1], [2, 3]])
     t = torch.tensor([[0.2], [0.7]], dtype=torch.float64)
-    x = rm.sample_transition(x0, sch.sigma_bar(t), generator=torch.Generator().manual_seed(1))
-    L = torch.tensor(rng.normal(size=(2, 2, 5)))
+    x = torch.tensor([[0, 4], [1, 3]])
+    L = torch.tensor(rng.normal(size=(2, 2, n)))
     got = losses.dwdse(L, x, x0, t, sch, rm)
-    want = sch.sigma(t) * rm.score_entropy(L, x, x0, sch.sigma_bar(t))
-    np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-14, atol=0)
+    Q = rm.Q.numpy()
+    for b in range(2):
+        tb = t[b, 0].item()
+        sb = smin ** (1 - tb) * smax ** tb
+        sig = sb * math.log(smax / smin)
+        P = expm(sb * Q)
+        for i in range(2):
+            xi, ai = x[b, i].item(), x0[b, i].item()
+            want = 0.0
+            for y in range(n):
+                if y == xi:
+                    continue
+                s, r = math.exp(L[b, i, y].item()), P[y, ai] / P[xi, ai]
+                want += Q[xi, y] * (s - r * math.log(s) + r * math.log(r) - r)
+            assert got[b, i].item() == pytest.approx(sig * want, rel=1e-12)
 
 
 def test_dwdse_monte_carlo_matches_exact(rng):

@@ -50,8 +50,10 @@ def test_zero_initialised_absorbing_score_is_uniform_prior():
     x = torch.full((2, 8), 27)
     sb = torch.tensor([0.01, 3.0], dtype=torch.float64)
     s = m.score_fn(x, sb.float()).double()
-    expected = math.exp(-sb[0]) / (1 - math.exp(-sb[0])) / 27
-    assert torch.allclose(s[0, :, :27], torch.full((8, 27), expected, dtype=torch.float64), rtol=1e-5)
+    for b in range(2):                  # both noise levels, not just the first
+        expected = math.exp(-sb[b]) / (1 - math.exp(-sb[b])) / 27
+        assert torch.allclose(s[b, :, :27], torch.full((8, 27), expected, dtype=torch.float64),
+                              rtol=1e-5)
     assert torch.all(s[..., 27] == 1)
 
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 from scipy.linalg import expm
-from scipy.stats import chisquare
 
 import ddlab
+from tests.conftest import chi2_pvalue
 
 P_MIN = 1e-3
 N_PATHS = 2000
@@ -19,15 +19,6 @@ def _end_states(rm, x0, schedule, t_end, seed):
     gen = torch.Generator().manual_seed(seed)
     return np.array([ddlab.gillespie(rm, x0, schedule, t_end, generator=gen).state_at(t_end)
                      for _ in range(N_PATHS)])
-
-
-def _chi2(states, law, what):
-    n = len(law)
-    counts = np.bincount(states, minlength=n)
-    support = law > 1e-12
-    assert counts[~support].sum() == 0, f"{what}: reached a state of probability zero"
-    _, pval = chisquare(counts[support], law[support] / law[support].sum() * counts.sum())
-    assert pval > P_MIN, f"{what}: chi-square p = {pval:.2e}, counts {counts}, law {law}"
 
 
 @pytest.mark.parametrize("case", ["uniform-unit", "general-unit", "absorbing-loglinear",
@@ -47,7 +38,8 @@ def test_end_state_has_exact_marginal(case, rng, make_generator):
         total = float(schedule.sigma_bar(t_end)) - float(schedule.sigma_bar(0.0))
     x0 = 0
     law = expm(total * rm.Q.numpy())[:, x0]
-    _chi2(_end_states(rm, x0, schedule, t_end, seed=3), law, case)
+    pval = chi2_pvalue(_end_states(rm, x0, schedule, t_end, seed=3), law)
+    assert pval > P_MIN, f"{case}: chi-square p = {pval:.2e}, law {law}"
 
 
 def test_path_structure():
@@ -99,3 +91,14 @@ def test_gillespie_bad_inputs():
         ddlab.gillespie(ddlab.Uniform(3), 0, ddlab.LogLinear(), t_end=1.5)
     with pytest.raises(ValueError, match="x0 holds token id 3"):
         ddlab.gillespie(ddlab.Uniform(3), 3, None, t_end=1.0)
+
+
+def test_frequencies_match_accepts_true_draws_and_rejects_biased_ones():
+    p = np.array([0.5, 0.3, 0.2, 0.0])
+    rng = np.random.default_rng(0)
+    good = rng.choice(4, size=20000, p=p)
+    assert ddlab.paths.frequencies_match(good, p)
+    biased = rng.choice(4, size=20000, p=[0.47, 0.33, 0.2, 0.0])   # off by ~6.7 s.e. in state 0
+    assert not ddlab.paths.frequencies_match(biased, p)
+    with_impossible = np.concatenate([good, [3]])                  # a p = 0 state was drawn
+    assert not ddlab.paths.frequencies_match(with_impossible, p)

@@ -17,8 +17,9 @@ from scipy.integrate import solve_ivp
 from scipy.linalg import expm
 
 import ddlab
-from ddlab.paths import (SIGMA_BAR_FLOOR, _reverse_generators, reverse_gillespie, reverse_kernel,
+from ddlab.paths import (SIGMA_BAR_FLOOR, reverse_gillespie, reverse_kernel,
                          reverse_ode, reverse_paths)
+from tests.conftest import chi2_pvalue, random_generator, reverse_by_definition
 
 P0 = np.array([0.5, 0.3, 0.2])
 CUSTOM_Q = np.array([[-2.0, 1, 0], [2, -2, 2], [0, 1, -2]])
@@ -37,14 +38,6 @@ def dense_Q(rm) -> np.ndarray:
 
 def scipy_marginal(Q, p0, sb) -> np.ndarray:
     return expm(sb * Q) @ p0
-
-
-def random_generator(rng, n) -> np.ndarray:
-    """A random rate matrix with some zero rates, columns summing to zero."""
-    Q = rng.exponential(size=(n, n)) * (rng.random((n, n)) < 0.7)
-    np.fill_diagonal(Q, 0.0)
-    Q -= np.diag(Q.sum(0))
-    return Q
 
 
 # --------------------------------------------------------------------------- reverse_kernel
@@ -68,7 +61,7 @@ def brute_force_reverse(Q, p0, ss, st_):
        ss=st.floats(0.0, 2.0), gap=st.floats(0.0, 2.0))
 def test_reverse_kernel_is_brute_force_bayes(seed, n, ss, gap):
     rng = np.random.default_rng(seed)
-    Q = random_generator(rng, n)
+    Q = random_generator(n, rng, zero_frac=0.3)
     p0 = rng.dirichlet(np.ones(n))
     K = reverse_kernel(Q, p0, ss, ss + gap).numpy()
     np.testing.assert_allclose(K, brute_force_reverse(Q, p0, ss, ss + gap), atol=1e-10)
@@ -77,8 +70,9 @@ def test_reverse_kernel_is_brute_force_bayes(seed, n, ss, gap):
 @pytest.mark.parametrize("kind", list(CHAINS))
 def test_reverse_kernel_from_zero_is_the_posterior(kind):
     rm, p0 = CHAINS[kind]
-    K = reverse_kernel(rm, p0, 0.0, 0.7)
-    np.testing.assert_allclose(K.numpy(), ddlab.posterior(rm, p0, 0.7).numpy(), atol=1e-12)
+    ref = brute_force_reverse(dense_Q(rm), p0, 0.0, 0.7)
+    np.testing.assert_allclose(reverse_kernel(rm, p0, 0.0, 0.7).numpy(), ref, atol=1e-12)
+    np.testing.assert_allclose(ddlab.posterior(rm, p0, 0.7).numpy(), ref, atol=1e-12)
 
 
 def test_reverse_kernel_columns_and_unreachable_states():
@@ -103,17 +97,6 @@ def test_reverse_kernel_validation():
 
 
 # ---------------------------------------------------------------------------- reverse_paths
-def chi2_pvalue(samples: np.ndarray, probs: np.ndarray) -> float:
-    """Chi-square goodness-of-fit p-value of integer samples to probs (zero-prob states must not
-    occur)."""
-    n = len(probs)
-    counts = np.bincount(samples, minlength=n)
-    keep = probs > 0
-    assert counts[~keep].sum() == 0, "a path visited a state of probability zero"
-    expected = probs[keep] * len(samples)
-    return stats.chisquare(counts[keep], expected * counts[keep].sum() / expected.sum()).pvalue
-
-
 @pytest.mark.parametrize("kind", list(CHAINS))
 def test_reverse_paths_have_the_exact_marginals_and_pair_laws(kind):
     """At every grid time the states follow p_t, and neighbouring states follow the exact joint.
@@ -177,16 +160,16 @@ def test_reverse_paths_validation():
 # ------------------------------------------------------------------------------ reverse_ode
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 10_000), n=st.integers(2, 5), zeros=st.booleans())
-def test_batched_reverse_generators_match_reverse_rate_matrix(seed, n, zeros):
+def test_batched_reverse_generators_match_the_definition(seed, n, zeros):
     rng = np.random.default_rng(seed)
-    Q = random_generator(rng, n)
+    Q = random_generator(n, rng, zero_frac=0.3)
     p = rng.dirichlet(np.ones(n), size=3)
     if zeros:                                   # states of probability zero get zero columns
         p[:, 0] = 0.0
         p /= p.sum(1, keepdims=True)
-    got = _reverse_generators(torch.from_numpy(Q), torch.from_numpy(p)).numpy()
+    got = ddlab.reverse_rate_matrix(Q, p).numpy()                # p of shape (M, n): batched
     for m in range(3):
-        np.testing.assert_allclose(got[m], ddlab.reverse_rate_matrix(Q, p[m]).numpy(), atol=1e-12)
+        np.testing.assert_allclose(got[m], reverse_by_definition(Q, p[m]), atol=1e-12)
 
 
 @pytest.mark.parametrize("kind", list(CHAINS))
@@ -211,9 +194,7 @@ def test_reverse_ode_agrees_with_scipy_and_converges_at_fourth_order():
 
     def rhs(sb, q):
         p = np.real(V @ (np.exp(lam * sb) * (Vinv @ P0)))
-        Qbar = p[:, None] / p[None, :] * Q.T   # Qbar[y, x] = p(y) / p(x) Q[x, y], by definition
-        np.fill_diagonal(Qbar, 0.0)
-        return -((Qbar - np.diag(Qbar.sum(0))) @ q)
+        return -(reverse_by_definition(Q, p) @ q)
 
     ref = solve_ivp(rhs, (3.0, 0.2), q_T, method="DOP853", rtol=1e-12, atol=1e-14).y[:, -1]
     errs = [np.abs(reverse_ode(Q, P0, None, [0.2, 3.0], q_T=q_T, step=h)[0].numpy() - ref).max()

@@ -9,19 +9,13 @@ import torch
 import ddlab
 from ddlab.sampling import (all_sequences, check_scores, exact_sampler_distribution,
                             kl_divergence, sample, time_grid)
-from tests.conftest import random_joint, with_mask
+from tests.conftest import random_joint, toy_sequence_process, with_mask
 
 
 joint = random_joint
 
 
-def toy(kind, n=3, d=2, seed=0):
-    p0 = joint(n, d, seed)
-    if kind == "absorbing":
-        rm, sch, p0 = ddlab.Absorbing(n + 1), ddlab.LogLinear(1e-3), with_mask(p0)
-    else:
-        rm, sch = ddlab.Uniform(n), ddlab.Geometric(1e-3, 3.0)
-    return rm, sch, p0, ddlab.exact_score_fn(p0, rm)
+toy = toy_sequence_process
 
 
 # ----------------------------------------------------------------------- check_scores
@@ -210,3 +204,14 @@ def test_helpers():
     q = torch.tensor([0.25, 0.5, 0.25])
     assert kl_divergence(p, q) == pytest.approx(0.5 * np.log(2))
     assert kl_divergence(q, p) == float("inf")
+
+
+def test_kl_vs_steps_one_token_tweedie_is_exact_and_euler_improves():
+    # one uniform token: the Tweedie step is the exact reverse kernel (Bayes), so its law is p0 at
+    # any step count; Euler's first-order error must shrink with more steps
+    n = 5
+    p0 = torch.tensor([0.4, 0.3, 0.15, 0.1, 0.05], dtype=torch.float64)
+    rm, sch = ddlab.Uniform(n), ddlab.Geometric(1e-3, 2.0)
+    curves = ddlab.sampling.kl_vs_steps(ddlab.exact_score_fn(p0, rm), rm, sch, 1, p0, [1, 4, 16])
+    assert max(curves["tweedie"]) < 1e-10
+    assert curves["euler"][0] > curves["euler"][1] > curves["euler"][2] > 0

@@ -123,12 +123,13 @@ def test_training_with_d_greater_than_one_runs():
     n, d = 4, 2
     rm, sch = ddlab.Absorbing(n), ddlab.LogLinear(1e-3)
     p0 = torch.outer(toy.bimodal(n, absorbing=True), toy.bimodal(n, absorbing=True))
+    torch.manual_seed(0)
     m = toy.MLPScore(rm, sch, d=d, hidden=16)
-    h = toy.train_toy(m, rm, sch, p0, steps=20, batch=32, lr=1e-2,
+    h = toy.train_toy(m, rm, sch, p0, steps=60, batch=128, lr=1e-2,
                       generator=torch.Generator().manual_seed(0), progress=False)
-    assert h["floor"] is None and len(h["loss"]) == 20
-    # the loss went down from the baseline
-    assert np.mean(h["loss"][-5:]) < np.mean(h["loss"][:5]) * 1.5
+    assert h["floor"] is None and len(h["loss"]) == 60
+    # the loss went down from the baseline: by 20-35% over seeds 0-5, so 10% is a real margin
+    assert np.mean(h["loss"][-10:]) < 0.9 * np.mean(h["loss"][:10])
 
 
 def test_errors():

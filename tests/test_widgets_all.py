@@ -23,7 +23,6 @@ import ast
 import functools
 import inspect
 import itertools
-import json
 import numbers
 import warnings
 from pathlib import Path
@@ -37,6 +36,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+
+from tests.conftest import notebook_cells, without_magics  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 LESSONS = REPO / "lessons"
@@ -196,7 +197,7 @@ def test_checks_catch_a_bad_view():
     with pytest.raises(AssertionError, match="no numbers"):
         check_call("silent_view", silent_view, {"t": 0.5}, render=False)
     check_call("bad_title_view", bad_title_view, {"t": 0.5}, render=False)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"\\bar\\sigma = \\frac\{1\}\{"):   # mathtext echoes it
         check_call("bad_title_view", bad_title_view, {"t": 0.5}, render=True)
     with pytest.raises(ValueError, match="lo < hi"):
         axis_values("t", (1.0, 0.0))
@@ -215,15 +216,7 @@ EVENT_METHODS = {"observe", "on_click", "on_submit"}
 
 def lesson_source(nb_path: Path) -> str:
     """All code cells of a notebook as one module; IPython magics and shell lines are dropped."""
-    nb = json.loads(nb_path.read_text())
-    cells = []
-    for cell in nb.get("cells", []):
-        if cell.get("cell_type") != "code":
-            continue
-        src = "".join(cell["source"])
-        cells.append("\n".join("pass" if line.lstrip().startswith(("%", "!")) else line
-                               for line in src.splitlines()))
-    return "\n\n".join(cells)
+    return "\n\n".join(without_magics(c) for c in notebook_cells(nb_path, "code"))
 
 
 def _name(func: ast.expr) -> str | None:

@@ -1,7 +1,7 @@
 """Drive every interactive view of ddlab.widgets over its whole range, without a browser.
 
-Each registry entry is called at 11 points per slider for every dropdown value, with the Agg
-backend; the numbers it returns are held against scipy's expm, the schedules' formulas written out
+marginal_view and reverse_view are called at 11 points of their t slider for every dropdown
+value, with the Agg backend; the numbers it returns are held against scipy's expm, the schedules' formulas written out
 by hand, and an independent integration of the reverse ODE; the bars it drew must be those numbers.
 """
 
@@ -17,8 +17,8 @@ import pytest  # noqa: E402
 from scipy.integrate import solve_ivp  # noqa: E402
 from scipy.linalg import expm  # noqa: E402
 
-import ddlab  # noqa: E402
 from ddlab import widgets  # noqa: E402
+from tests.conftest import reverse_by_definition  # noqa: E402
 
 P0 = np.array([0.5, 0.3, 0.2])
 DENSE = {
@@ -35,16 +35,6 @@ def sigma_bar_by_hand(schedule: str, t: float) -> float:
     return 1e-4 ** (1 - t) * 20.0 ** t
 
 
-def settings(name):
-    """Every combination of dropdown values, with 11 evenly spaced points on each slider."""
-    _, ranges = widgets.WIDGETS[name]
-    axes = {}
-    for key, r in ranges.items():
-        axes[key] = list(r) if isinstance(r, list) else list(np.linspace(r[0], r[1], 11))
-    keys = list(axes)
-    return [dict(zip(keys, combo)) for combo in itertools.product(*axes.values())]
-
-
 def dropdown_combos(name):
     _, ranges = widgets.WIDGETS[name]
     drop = {k: v for k, v in ranges.items() if isinstance(v, list)}
@@ -58,31 +48,36 @@ def test_registry_lists_callables_and_ranges():
         for key, r in ranges.items():
             is_slider = isinstance(r, tuple) and len(r) == 2 and r[0] < r[1]
             assert (isinstance(r, list) and r) or is_slider, f"{name}: bad range {key} = {r!r}"
-    assert len(settings("marginal_view")) == 3 * 11 * 2
+    for name in ("marginal_view", "reverse_view"):
+        assert widgets.WIDGETS[name][1] == {"kind": ["uniform", "absorbing", "custom"],
+                                            "t": (0.0, 1.0), "schedule": ["loglinear", "geometric"]}
 
 
-def bar_heights(ax) -> np.ndarray:
-    return np.array([p.get_height() for p in ax.patches])
+def sweep_t(name, combo, other_axes):
+    """Call a two-panel view at 11 points of its t slider on axes it is given; yield
+    (t, its output, the heights of the bars it drew on the left panel)."""
+    fn, ranges = widgets.WIDGETS[name]
+    fig, (ax_bars, ax_other) = plt.subplots(1, 2)
+    try:
+        for t in np.linspace(*ranges["t"], 11):
+            ax_bars.cla()
+            out = fn(**combo, t=t, ax_bars=ax_bars, **{other_axes: ax_other})
+            assert out["fig"] is None                  # axes given: no new figure
+            yield t, out, np.array([p.get_height() for p in ax_bars.patches])
+    finally:
+        plt.close(fig)
 
 
 @pytest.mark.parametrize("combo", dropdown_combos("marginal_view"), ids=str)
 def test_marginal_view_over_its_range(combo):
-    fn, ranges = widgets.WIDGETS["marginal_view"]
     Q, p0 = DENSE[combo["kind"]]
-    fig, (ax_bars, ax_heat) = plt.subplots(1, 2)
-    try:
-        for t in np.linspace(*ranges["t"], 11):
-            ax_bars.cla()
-            out = fn(**combo, t=t, ax_bars=ax_bars, ax_heat=ax_heat)
-            sb = sigma_bar_by_hand(combo["schedule"], t)
-            assert out["sigma_bar"].item() == pytest.approx(sb, rel=1e-12, abs=1e-15)
-            P = expm(sb * Q)
-            np.testing.assert_allclose(out["P"].numpy(), P, atol=1e-12)
-            np.testing.assert_allclose(out["p_t"].numpy(), P @ p0, atol=1e-12)
-            np.testing.assert_allclose(bar_heights(ax_bars), P @ p0, atol=1e-12)
-            assert out["fig"] is None
-    finally:
-        plt.close(fig)
+    for t, out, heights in sweep_t("marginal_view", combo, "ax_heat"):
+        sb = sigma_bar_by_hand(combo["schedule"], t)
+        assert out["sigma_bar"].item() == pytest.approx(sb, rel=1e-12, abs=1e-15)
+        P = expm(sb * Q)
+        np.testing.assert_allclose(out["P"].numpy(), P, atol=1e-12)
+        np.testing.assert_allclose(out["p_t"].numpy(), P @ p0, atol=1e-12)
+        np.testing.assert_allclose(heights, P @ p0, atol=1e-12)
 
 
 def marginals_by_eig(Q, p0, levels):
@@ -98,11 +93,7 @@ def reverse_ode_by_scipy(Q, p0, sb_from, sb_to):
     Independent of ddlab: p_s from an eigendecomposition of Q, Qbar written out from its
     definition Qbar[y, x] = p(y) / p(x) Q[x, y], and scipy's adaptive DOP853 integrator."""
     def rhs(s, q):
-        p = marginals_by_eig(Q, p0, [s])[0]
-        Qbar = p[:, None] / p[None, :] * Q.T
-        np.fill_diagonal(Qbar, 0.0)
-        Qbar -= np.diag(Qbar.sum(0))
-        return -(Qbar @ q)
+        return -(reverse_by_definition(Q, marginals_by_eig(Q, p0, [s])[0]) @ q)
 
     start = expm(sb_from * Q) @ p0
     return solve_ivp(rhs, (sb_from, sb_to), start, method="DOP853", rtol=1e-10, atol=1e-12).y[:, -1]
@@ -110,34 +101,25 @@ def reverse_ode_by_scipy(Q, p0, sb_from, sb_to):
 
 @pytest.mark.parametrize("combo", dropdown_combos("reverse_view"), ids=str)
 def test_reverse_view_over_its_range(combo):
-    fn, ranges = widgets.WIDGETS["reverse_view"]
     Q, p0 = DENSE[combo["kind"]]
-    fig, (ax_bars, ax_traj) = plt.subplots(1, 2)
-    try:
-        for t in np.linspace(*ranges["t"], 11):
-            ax_bars.cla()
-            out = fn(**combo, t=t, ax_bars=ax_bars, ax_traj=ax_traj)
-            s = 1.0 - t
-            sb = sigma_bar_by_hand(combo["schedule"], s)
-            assert out["t_forward"] == pytest.approx(s)
-            exact = expm(sb * Q) @ p0
-            np.testing.assert_allclose(out["p_exact"].numpy(), exact, atol=1e-12)
-            np.testing.assert_allclose(out["p_reverse"].numpy(), exact, atol=1e-7)
-            heights = bar_heights(ax_bars)
-            np.testing.assert_allclose(heights, np.r_[exact, out["p_reverse"].numpy()], atol=1e-7)
-            traj_sb = np.array([sigma_bar_by_hand(combo["schedule"], u)
-                                for u in out["times"].numpy()])
-            rows = [0, 10, 20, 30, 40]
-            traj_exact = marginals_by_eig(Q, p0, np.maximum(traj_sb[rows], 1e-10))
-            np.testing.assert_allclose(out["trajectory"].numpy()[rows], traj_exact, atol=1e-7)
-    finally:
-        plt.close(fig)
+    for t, out, heights in sweep_t("reverse_view", combo, "ax_traj"):
+        s = 1.0 - t
+        sb = sigma_bar_by_hand(combo["schedule"], s)
+        assert out["t_forward"] == pytest.approx(s)
+        exact = expm(sb * Q) @ p0
+        np.testing.assert_allclose(out["p_exact"].numpy(), exact, atol=1e-12)
+        np.testing.assert_allclose(out["p_reverse"].numpy(), exact, atol=1e-7)
+        np.testing.assert_allclose(heights, np.r_[exact, out["p_reverse"].numpy()], atol=1e-7)
+        traj_sb = np.array([sigma_bar_by_hand(combo["schedule"], u) for u in out["times"].numpy()])
+        rows = [0, 10, 20, 30, 40]
+        traj_exact = marginals_by_eig(Q, p0, np.maximum(traj_sb[rows], 1e-10))
+        np.testing.assert_allclose(out["trajectory"].numpy()[rows], traj_exact, atol=1e-7)
 
 
 @pytest.mark.parametrize("kind", widgets.KINDS)
 def test_reverse_view_matches_an_independent_ode_solve(kind):
-    """Midway (reverse time 0.5, LogLinear) against scipy's DOP853 on Qbar built by ddlab's
-    reverse_rate_matrix from scipy marginals."""
+    """Midway (reverse time 0.5, LogLinear) against scipy's DOP853 on Qbar written out from its
+    definition, with marginals from an eigendecomposition of Q (no ddlab in the reference)."""
     Q, p0 = DENSE[kind]
     out = widgets.reverse_view(0.5, kind, "loglinear")
     plt.close(out["fig"])

@@ -1,0 +1,27 @@
+"""Small numerically careful formulas used across the library (no validation here)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def log_expm1(x: torch.Tensor) -> torch.Tensor:
+    """``log(e^x - 1)`` for x > 0 without overflow or cancellation.
+
+    Small x: ``log(expm1(x))`` is accurate; large x: ``x + log1p(-e^{-x})`` avoids e^x overflowing.
+    Used by the absorbing score's time dependence, ``s ∝ 1 / (e^{sigma_bar} - 1)`` (lessons 6, 9).
+    """
+    big = x > 1.0
+    small = torch.log(torch.expm1(torch.where(big, torch.ones_like(x), x)))
+    large = x + torch.log1p(-torch.exp(-torch.where(big, x, torch.ones_like(x))))
+    return torch.where(big, large, small)
+
+
+def K(a: torch.Tensor) -> torch.Tensor:
+    """``K(a) = a (log a - 1)`` with ``K(0) = 0``: the constant that makes score entropy >= 0."""
+    return torch.xlogy(a, a) - a
+
+
+def kl_rows(q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """``sum_j q[..., j] log(q[..., j] / p[..., j])`` over the last axis; inf where p = 0 < q."""
+    return (torch.xlogy(q, q) - torch.xlogy(q, p.expand_as(q))).sum(-1)
