@@ -17,7 +17,9 @@ Steps of the three are interleaved and the median of each is reported, which mak
 robust to a shared, noisy machine.
 
 GPU throughput (``--gpu``): tokens/s and model-FLOPs utilisation of a preset (default ``small``)
-training with the SEDD objective in bf16 autocast. FLOPs per token are counted as
+training with the SEDD objective in bf16 autocast. It times ``ddlab.train.train_step``, the very
+step of ``python -m ddlab.train`` (fused AdamW, clipping, EMA, a fresh pinned batch each step);
+``--sync_check`` first runs one step under ``torch.cuda.set_sync_debug_mode("error")``. FLOPs per token are counted as
 ``6 * N + 12 * n_layer * d_model * seq_len`` (N = parameters outside the embedding; the second
 term is the attention score and value products, forward and backward, non-causal), against the
 dense bf16 peak of the card (989 TFLOP/s for H100/H200 SXM).
@@ -31,6 +33,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -39,7 +42,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from ddlab import Absorbing, LogLinear                         # noqa: E402
 from ddlab.config import make_config                           # noqa: E402
 from ddlab.model import DiffusionTransformer, ModelConfig      # noqa: E402
-from ddlab.train import build_model, build_process, dwdse_loss  # noqa: E402
+from ddlab.data import CropSampler                              # noqa: E402
+from ddlab.train import (EMA, Objective, build_model, build_process,  # noqa: E402
+                         dwdse_loss, make_optimizer, train_step)
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
@@ -110,43 +115,60 @@ def cpu_benchmark(args):
 
 
 def gpu_throughput(args):
-    device = torch.device("cuda")
-    cfg = make_config(args.preset, {"batch_size": args.gpu_batch} if args.gpu_batch else {})
+    """Time ddlab.train.train_step itself: the step `python -m ddlab.train` runs, EMA included."""
+    device = torch.device(args.device)         # "cpu" only to smoke-test this code (tests do)
+    over = {"batch_size": args.gpu_batch} if args.gpu_batch else {}
+    cfg = make_config(args.preset, {**over, "seq_len": args.gpu_seq} if args.gpu_seq else over)
     torch.manual_seed(0)
     model = build_model(cfg).to(device)
     if args.compile:
         model.forward = torch.compile(model.forward)
     rm, sch = build_process(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    objective = Objective(model, rm, sch, cfg.t_eps)
+    opt, ema = make_optimizer(model, cfg, device), EMA(model.parameters(), cfg.ema)
     gen = torch.Generator(device=device).manual_seed(0)
     B, L = cfg.batch_size, cfg.seq_len
-    x0 = torch.randint(0, 27, (B, L), device=device)
+    crops = CropSampler(np.random.default_rng(0).integers(0, 27, 1 << 22, dtype=np.uint8), L, B)
+
+    cuda = device.type == "cuda"
 
     def step():
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = dwdse_loss(model, x0, rm, sch, cfg.t_eps, gen).mean() / L
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        x0 = crops.next()
+        x0 = (x0.pin_memory() if cuda else x0).to(device, non_blocking=True)
+        return train_step(objective, model, opt, ema, x0, gen, cfg.lr, cfg, use_bf16=cuda)
 
     t0 = time.perf_counter()
     for _ in range(args.warmup_steps):
         step()
     _sync(device)
     warm = time.perf_counter() - t0
+    syncs = "not checked"
+    if args.sync_check and cuda:
+        # "error" makes any host synchronisation inside the step raise (CUDA only)
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            step()
+            syncs = "none (torch.cuda.set_sync_debug_mode('error') passed a whole step)"
+        except RuntimeError as err:
+            syncs = f"FOUND: {str(err).splitlines()[0]}"
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        _sync(device)
     t0 = time.perf_counter()
     for _ in range(args.gpu_steps):
-        step()
+        loss = step()
     _sync(device)
     dt = (time.perf_counter() - t0) / args.gpu_steps
     n = model.num_params(embeddings=False)
     flops_tok = 6 * n + 12 * cfg.n_layer * cfg.d_model * L
     tok_s = B * L / dt
-    name = torch.cuda.get_device_name()
+    name = torch.cuda.get_device_name() if cuda else "cpu (smoke test: the MFU is not meaningful)"
     peak = next((v for k, v in PEAK_BF16.items() if k in name), 989e12)
-    print(f"GPU {name}: preset {args.preset} ({n / 1e6:.1f}M non-embedding parameters), batch {B} "
-          f"x seq {L}, bf16 autocast, compile={args.compile}, warm-up {warm:.1f} s")
+    setting = "bf16 autocast, fused AdamW" if cuda else "float32, AdamW"
+    print(f"{name}: preset {args.preset} ({n / 1e6:.1f}M non-embedding parameters), batch {B} "
+          f"x seq {L}, {setting}, EMA, compile={args.compile}, "
+          f"warm-up {warm:.1f} s, last loss {loss.item():.3f} nats/char")
+    print(f"  host syncs in a step: {syncs}")
     print(f"  {dt * 1e3:.1f} ms/step, {tok_s:,.0f} tokens/s, "
           f"{flops_tok * tok_s / 1e12:.1f} TFLOP/s model FLOPs "
           f"(6N + 12 * n_layer * d_model * seq per token)")
@@ -166,9 +188,13 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--preset", default="small")
     p.add_argument("--gpu_batch", type=int, default=0)
+    p.add_argument("--gpu_seq", type=int, default=0)
+    p.add_argument("--device", default="cuda", help="with --gpu: cpu only to smoke-test the code")
     p.add_argument("--gpu_steps", type=int, default=20)
     p.add_argument("--warmup_steps", type=int, default=5)
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--sync_check", action="store_true",
+                   help="GPU: run one step with torch.cuda.set_sync_debug_mode('error')")
     args = p.parse_args(argv)
     if args.gpu:
         gpu_throughput(args)

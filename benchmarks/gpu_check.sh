@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
-# One GPU check for lesson 9's training code, under 8 minutes on one H100 (no network needed).
+# The GPU checks of lesson 9's training code, in stages, for one H100 (no network needed).
 #
 #   python benchmarks/make_doc_corpus.py     # beforehand, where apt has network: .gpu/doc_corpus.txt
-#   bash benchmarks/gpu_check.sh             # on the GPU machine (carry .gpu/)
+#   bash benchmarks/gpu_check.sh             # on the GPU machine (carry .gpu/): about 8 minutes
+#   STAGES=lesson9 bash benchmarks/gpu_check.sh      # lesson 9's GPU branch: about 8 minutes
 #
-# Prints: the torch version and CUDA availability; tokens/s and model-FLOPs utilisation of the
-# `small` preset (12 x 768, seq 256) in bf16, eager and torch.compile'd; then bits/char after the
-# same wall-clock budget for SEDD absorb, SEDD uniform and the AR baseline, side by side, on the
-# Python-documentation corpus. Those are numbers for that corpus, NOT text8 numbers.
-# Knobs (environment): BUDGET (seconds per run, 90), RACE_PRESET (mini), TP_PRESET (small),
+# Stages (environment STAGES, default "throughput race gen"):
+#   throughput  tokens/s and model-FLOPs utilisation of the `small` preset (12 x 768, seq 256) in
+#               bf16, timing ddlab.train.train_step: eager with a host-sync check, then
+#               torch.compile'd at batch 256 and 512;
+#   race        bits/char after the same wall-clock budget for SEDD absorb, SEDD uniform and the AR
+#               baseline, side by side, on the Python-documentation corpus;
+#   gen         sample quality vs sampling steps (8-1024, Euler and Tweedie) of the race's SEDD
+#               absorb run, scored by its AR run (benchmarks/bench_gen.py);
+#   lesson9     lesson 9 top to bottom at "full" scale (benchmarks/run_lesson.py, no Jupyter).
+# Numbers on the documentation corpus are for that corpus, NOT text8 numbers.
+# Other knobs: BUDGET (seconds per race run, 90), RACE_PRESET (mini), TP_PRESET (small),
 # COMPILE (1), PYTHON (python3), OUTDIR (.gpu/runs).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +25,9 @@ RACE_PRESET=${RACE_PRESET:-mini}
 TP_PRESET=${TP_PRESET:-small}
 OUTDIR=${OUTDIR:-.gpu/runs}
 CORPUS=.gpu/doc_corpus.txt
-export PYTHONUNBUFFERED=1
+STAGES=${STAGES:-throughput race gen}
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+want() { case " $STAGES " in *" $1 "*) return 0;; *) return 1;; esac; }
 
 echo "== torch"
 $PY -c "import torch; print(torch.__version__, torch.cuda.is_available())"
@@ -30,15 +39,19 @@ fi
 CUDA=$($PY -c "import torch; print(int(torch.cuda.is_available()))")
 DEVICE=cpu; [ "$CUDA" = 1 ] && DEVICE=cuda
 
-if [ "$CUDA" = 1 ]; then
-  echo "== throughput of $TP_PRESET (SEDD absorb objective, bf16 autocast)"
-  timeout 90 $PY benchmarks/bench_train.py --gpu --preset "$TP_PRESET" --gpu_steps 20 || echo "eager throughput FAILED"
+if [ "$CUDA" = 1 ] && want throughput; then
+  echo "== throughput of $TP_PRESET (SEDD absorb objective, bf16 autocast, train_step)"
+  timeout 90 $PY benchmarks/bench_train.py --gpu --preset "$TP_PRESET" --gpu_steps 20 --sync_check \
+    || echo "eager throughput FAILED"
   if [ "${COMPILE:-1}" = 1 ]; then
-    timeout 120 $PY benchmarks/bench_train.py --gpu --preset "$TP_PRESET" --gpu_steps 30 --warmup_steps 3 --compile \
-      || echo "compiled throughput FAILED or timed out"
+    for B in 256 512; do
+      timeout 120 $PY benchmarks/bench_train.py --gpu --preset "$TP_PRESET" --gpu_batch $B \
+        --gpu_steps 30 --warmup_steps 3 --compile || echo "compiled throughput (batch $B) FAILED or timed out"
+    done
   fi
 fi
 
+if want race; then
 echo "== bits/char after ${BUDGET} s of training each ($RACE_PRESET preset, corpus $CORPUS)"
 rm -rf "$OUTDIR"
 for obj in absorb uniform ar; do
@@ -67,3 +80,17 @@ for obj, steps, tps, bpc, se, chars in rows:
     print(f"{obj:10s} {steps:7d} {tps:12,.0f} {bpc:10.4f} {se:7.4f}  {chars:,} ({kind})")
 PYEOF
 [ $? = 0 ] || echo "evaluation FAILED or timed out"
+fi
+
+if want gen; then
+  echo "== sample quality vs steps: SEDD absorb ($RACE_PRESET race run) scored by the AR race run"
+  timeout 240 $PY benchmarks/bench_gen.py "$OUTDIR/absorb" "$OUTDIR/ar" --batch 32 --device "$DEVICE" \
+    --json "$OUTDIR/gen.json" --figure "$OUTDIR/gen_bpc_vs_steps.png" | grep -v "^$" \
+    || echo "generative bits/char FAILED or timed out"
+fi
+
+if want lesson9; then
+  echo "== lesson 9 at full scale (DDLAB_SCALE=full)"
+  DDLAB_SCALE=full timeout 570 $PY benchmarks/run_lesson.py lessons/09_sedd_text8.ipynb \
+    --figures "$OUTDIR/lesson9_figures" || echo "lesson 9 FAILED or timed out"
+fi

@@ -21,12 +21,13 @@ likelihood             nll_bound (DWDSE + prior) and exact NLL                  
 sequences              product spaces, Hamming-1 ratios, exact_score_fn, infill   7
 mdlm                   masked diffusion as a weighted cross-entropy                8
 data, model, train,    text8, the diffusion transformer, training, evaluation,    9
-evaluate, sample       sampling and infilling
+evaluate, sample       sampling, infilling; skip_value_checks
 =====================  ==========================================================  ======
 """
 
 from . import (config, course, data, exact, likelihood, losses, mdlm, model, paths, plotting,
                rate_matrices, sampling, schedules, sequences, toy, widgets)
+from ._checks import skip_value_checks
 from .data import load_corpus, text8_normalize
 from .model import DiffusionTransformer, ModelConfig
 from .exact import concrete_score, marginal, posterior, reverse_rate_matrix, tweedie_denoiser
@@ -50,4 +51,5 @@ __all__ = [
     "exact_score_fn", "product_marginal", "joint_posterior", "exact_reverse_kernel",
     "factorisation_kl", "condition", "words_toy", "markov_toy", "parity_toy",
     "load_corpus", "text8_normalize", "DiffusionTransformer", "ModelConfig",
+    "skip_value_checks",
 ]

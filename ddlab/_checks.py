@@ -8,12 +8,42 @@ here with a ValueError that names the bad value and says what was expected.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import numpy as np
 import torch
 
 # Tolerance for "sums to one" and "columns sum to zero" checks, relative to the size of the
 # entries involved. Loose enough for float32 inputs, tight enough to catch a real mistake.
 SUM_ATOL = 1e-6
+
+# Checks that read tensor *values* (token range, finiteness, sign) cost a host synchronisation
+# each on a GPU. The training loop validates its data once and then runs its steps inside
+# skip_value_checks(); shape and dtype checks are free and always run.
+_VALUE_CHECKS = contextvars.ContextVar("ddlab_value_checks", default=True)
+
+
+@contextlib.contextmanager
+def skip_value_checks():
+    """Inside this block, skip the input checks that read tensor values (lesson 9).
+
+    Every public function checks that token ids lie in 0..n-1, that sigma_bar is finite and
+    non-negative, that scores are finite, and so on. On a GPU each such check copies a flag to the
+    host and waits for the device, about a dozen times per training step. ``ddlab.train`` checks
+    its corpus once, runs its steps in this block, and relies on its NaN guard instead. Shape and
+    dtype checks still run. Use it only on inputs you have validated yourself.
+    """
+    token = _VALUE_CHECKS.set(False)
+    try:
+        yield
+    finally:
+        _VALUE_CHECKS.reset(token)
+
+
+def value_checks_enabled() -> bool:
+    """False inside :func:`skip_value_checks`."""
+    return _VALUE_CHECKS.get()
 
 
 def as_float(x, dtype=None) -> torch.Tensor:
@@ -44,7 +74,7 @@ def as_tokens(x, n: int, name: str = "x") -> torch.Tensor:
     if t.is_floating_point() or t.is_complex():
         raise ValueError(f"{name} must hold integer token ids, got a tensor of dtype {t.dtype}")
     t = t.long()
-    if t.numel():
+    if t.numel() and _VALUE_CHECKS.get():
         lo, hi = int(t.min()), int(t.max())
         if lo < 0 or hi >= n:
             bad = lo if lo < 0 else hi
@@ -64,7 +94,7 @@ def as_batch(x, n: int, name: str = "x", d: int | None = None) -> torch.Tensor:
 def check_sigma_bar(sigma_bar, name: str = "sigma_bar", dtype=None) -> torch.Tensor:
     """Return sigma_bar as a floating tensor, checking it is finite and >= 0."""
     s = as_float(sigma_bar, dtype)
-    if s.numel():
+    if s.numel() and _VALUE_CHECKS.get():
         if not torch.isfinite(s).all():
             raise ValueError(f"{name} must be finite, got {_first_bad(s, ~torch.isfinite(s))}")
         if (s < 0).any():
@@ -76,7 +106,7 @@ def check_sigma_bar(sigma_bar, name: str = "sigma_bar", dtype=None) -> torch.Ten
 def check_time(t, name: str = "t") -> torch.Tensor:
     """Return t as a floating tensor, checking 0 <= t <= 1."""
     tt = as_float(t)
-    if tt.numel():
+    if tt.numel() and _VALUE_CHECKS.get():
         bad = ~((tt >= 0) & (tt <= 1))
         if bad.any():
             raise ValueError(f"{name} must lie in [0, 1], got {_first_bad(tt, bad)}")

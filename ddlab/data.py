@@ -270,6 +270,11 @@ class CropSampler:
     def __init__(self, data: np.ndarray, length: int, batch: int, seed: int = 0):
         if len(data) < length + 1:
             raise ValueError(f"the split has {len(data)} tokens, fewer than one crop of {length}")
+        # Checked once here, so that the training steps can skip their per-batch value checks.
+        top = int(np.max(data))
+        if top >= VOCAB_SIZE:
+            raise ValueError(f"the split holds token id {top}; text8 ids lie in 0..{VOCAB_SIZE - 1} "
+                             f"(encode text with ddlab.data.encode)")
         self.data, self.length, self.batch = data, int(length), int(batch)
         self.gen = torch.Generator().manual_seed(int(seed))
 

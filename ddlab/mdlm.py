@@ -34,11 +34,10 @@ tokens (entry MASK is 0); a denoiser function is ``denoiser_fn(x_t, sigma_bar) -
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from ._checks import as_float, as_tokens, check_shape, check_sigma_bar, check_time
+from .likelihood import _stratified_stderr
 from .rate_matrices import Absorbing, _sample_categorical
 
 
@@ -307,8 +306,7 @@ def mdlm_nll_bound(denoiser_fn, x0, schedule, n: int, num_t: int = 64, *, t_min:
     terms = torch.stack(terms)                              # (num_t, B)
     est = terms.mean(0)
     if return_stderr:
-        err = terms.std(0) / math.sqrt(num_t) if num_t > 1 else torch.zeros_like(est)
-        return est, err
+        return est, _stratified_stderr(terms)
     return est
 
 

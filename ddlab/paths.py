@@ -52,6 +52,8 @@ def gillespie(rm, x0: int, schedule=None, t_end: float = 1.0, generator=None) ->
         tau0, tau_end, to_t = 0.0, float(t_end), (lambda tau: tau)
     else:
         check_time(t_end, "t_end")
+        if not float(t_end) > 0:
+            raise ValueError(f"t_end must lie in (0, 1] with a schedule, got {t_end!r}")
         tau0 = float(schedule.sigma_bar(0.0))
         tau_end = float(schedule.sigma_bar(t_end))
         to_t = lambda tau: float(schedule.t_of(tau))   # noqa: E731

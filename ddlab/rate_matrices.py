@@ -34,7 +34,8 @@ from __future__ import annotations
 import torch
 
 from ._numerics import K as _K
-from ._checks import as_float, as_tokens, broadcast, check_shape, check_sigma_bar
+from ._checks import (as_float, as_tokens, broadcast, check_shape, check_sigma_bar,
+                      value_checks_enabled)
 
 
 class RateMatrix:
@@ -233,7 +234,7 @@ class RateMatrix:
         if v.dim() == 0 or v.shape[-1] != self.n:
             raise ValueError(f"{name} has shape {tuple(v.shape)}, expected a last axis of size "
                              f"n = {self.n} (one entry per state)")
-        if not torch.isfinite(v).all():
+        if value_checks_enabled() and not torch.isfinite(v).all():
             raise ValueError(f"{name} must be finite, got a NaN or infinite entry")
         return v
 
@@ -245,12 +246,12 @@ class RateMatrix:
             raise ValueError(f"x has shape {tuple(x.shape)} but x0 has shape {tuple(x0.shape)}; "
                              f"they must match")
         check_shape(log_score, tuple(x.shape) + (self.n,), "log_score")
-        if not torch.isfinite(log_score).all():
+        if value_checks_enabled() and not torch.isfinite(log_score).all():
             raise ValueError("log_score must be finite (a ratio of 0 or inf has no log); "
                              "got a NaN or infinite entry")
         sb = check_sigma_bar(sigma_bar)
         sb = broadcast(sb, x.shape, "sigma_bar", device=x.device)
-        if (sb == 0).any():
+        if value_checks_enabled() and (sb == 0).any():
             raise ValueError("sigma_bar must be > 0 for the score entropy: at sigma_bar = 0 no "
                              "token has moved and the ratios p(y|x0)/p(x|x0) are infinite")
         return log_score, x, x0, sb
@@ -447,7 +448,7 @@ class Absorbing(RateMatrix):
     def score_entropy(self, log_score, x, x0, sigma_bar):
         log_score, x, x0, sb = self._loss_inputs(log_score, x, x0, sigma_bar)
         M = self.mask
-        if ((x != M) & (x != x0)).any():
+        if value_checks_enabled() and ((x != M) & (x != x0)).any():
             raise ValueError("some x_t cannot be reached from its x0: an absorbing chain only keeps "
                              "a token or masks it; x_t should be a sample of sample_transition")
         sb = sb.to(log_score.dtype)

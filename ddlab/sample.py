@@ -73,14 +73,32 @@ def generate(model, rm, schedule, batch: int, d: int, steps: int, sampler: str =
 
 
 @torch.no_grad()
-def generative_bpc(ar_model, samples: torch.Tensor) -> float:
+def generative_bpc(ar_model, samples: torch.Tensor, per_sample: bool = False):
     """Bits/char that the AR baseline assigns to samples (B, d): the text8-scale analogue of the
-    paper's generative perplexity (perplexity = 2 ** bits/char)."""
+    paper's generative perplexity (perplexity = 2 ** bits/char).
+
+    A float (the mean over all characters), or with ``per_sample=True`` a float64 tensor (B,) of
+    each sample's own bits/char (for a standard error). Low values can also mean repetitive text:
+    read them beside :func:`unigram_entropy`.
+    """
     device = next(ar_model.parameters()).device
     if int(samples.max()) >= ar_model.cfg.n_chars:
         raise ValueError("samples contain MASK tokens; sample with denoise=True")
     lp = ar_model.ar_log_probs(samples.to(device)).double()
+    if per_sample:
+        return (-lp.mean(-1) / LN2).cpu()
     return -lp.mean().item() / LN2
+
+
+def unigram_entropy(samples: torch.Tensor, n: int = len(ALPHABET)) -> float:
+    """Entropy in bits of the character frequencies of a batch of samples (B, d).
+
+    A guard against a known trap of generative perplexity: a sampler that repeats a few
+    characters scores well under the AR model, but its unigram entropy collapses (English text8
+    has about 4.1 bits)."""
+    counts = torch.bincount(samples.flatten().cpu(), minlength=n).double()
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * p.log2()).sum())
 
 
 def generative_bpc_curve(model, rm, schedule, ar_model, steps_list, samplers=("euler", "tweedie"),

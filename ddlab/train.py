@@ -16,7 +16,8 @@ copy of the network with next-character cross-entropy instead.
 Machinery: AdamW, linear warmup then a constant rate (as SEDD), gradient clipping, an EMA of the
 weights (used for evaluation and sampling), bf16 autocast on CUDA, optional torch.compile, a tqdm
 bar, periodic evaluation, atomic checkpoints, ``--resume`` that continues bit-for-bit on CPU (the
-RNG states of torch, of the crop sampler and of the noise generator are checkpointed), a guard
+RNG states of torch, of the crop sampler and of the noise generator are checkpointed for every
+rank), a guard
 that stops on a NaN/inf loss without overwriting the last good checkpoint, and DDP under torchrun.
 """
 
@@ -36,6 +37,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from ._checks import skip_value_checks
 from .config import UNIFORM_Q_SCALING, TrainConfig, make_config
 from .data import VOCAB_SIZE, CropSampler, eval_chunks, load_corpus
 from .model import DiffusionTransformer, ModelConfig
@@ -108,6 +110,36 @@ def dwdse_loss(model, x0, rm, schedule, t_eps=1e-3, generator=None, t=None) -> t
     log_s = model.log_score(x_t, sb)
     se = rm.score_entropy(log_s, x_t, x0, sb[:, None].to(log_s.dtype))
     return schedule.sigma(t).to(se.dtype) * se.sum(-1)
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig, device) -> torch.optim.AdamW:
+    """AdamW; on CUDA the fused kernel (one launch for all parameters instead of several)."""
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                             weight_decay=cfg.weight_decay,
+                             fused=torch.device(device).type == "cuda")
+
+
+def train_step(runner, model, opt, ema, x0, noise_gen, lr: float, cfg: TrainConfig,
+               use_bf16: bool) -> torch.Tensor:
+    """One optimiser step on the batch x0; returns its loss (nats/char), a 0-d tensor on the device.
+
+    The step never waits for the GPU: the input value checks are skipped (the corpus was checked
+    once by CropSampler) and the loss stays on the device until the caller flushes it, so that
+    a NaN is caught a few steps late by the training loop's guard rather than by a sync per step.
+    ``benchmarks/bench_train.py --gpu`` times this very function.
+    """
+    for g in opt.param_groups:
+        g["lr"] = lr
+    with skip_value_checks(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
+        loss = runner(x0, noise_gen).mean() / cfg.seq_len        # nats per character
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    opt.step()
+    if ema is not None:
+        ema.update()
+    return loss.detach()
 
 
 # ------------------------------------------------------------------------------- EMA
@@ -238,8 +270,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=None) -> dict:
     rm, schedule = build_process(cfg)
     objective = Objective(model, rm, schedule, cfg.t_eps)
     ema = EMA(model.parameters(), cfg.ema)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                            weight_decay=cfg.weight_decay)
+    opt = make_optimizer(model, cfg, device)
     corpus = load_corpus(cfg.data, fallback=cfg.fallback)
     sampler = CropSampler(corpus.train, cfg.seq_len, cfg.batch_size, seed=cfg.seed * 1000 + rank)
     noise_gen = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + 500 + rank)
@@ -255,13 +286,18 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=None) -> dict:
         if now != saved:
             diff = {k: (saved[k], now[k]) for k in saved if saved[k] != now[k]}
             raise ValueError(f"--resume with a different configuration: {diff} (saved, given)")
+        if len(ck["rng"]) != world:
+            raise ValueError(f"--resume: the checkpoint was written by {len(ck['rng'])} "
+                             f"process(es) and this run has {world}; resume with the same number "
+                             f"(each rank continues its own random streams)")
         model.load_state_dict(ck["model"])
         ema.load_state_dict({"shadow": [s.to(device) for s in ck["ema"]["shadow"]],
                              "updates": ck["ema"]["updates"]})
         opt.load_state_dict(ck["opt"])
-        sampler.load_state_dict(ck["sampler"])
-        noise_gen.set_state(ck["noise_gen"])
-        torch.set_rng_state(ck["torch_rng"])
+        mine = ck["rng"][rank]
+        sampler.load_state_dict(mine["sampler"])
+        noise_gen.set_state(mine["noise_gen"])
+        torch.set_rng_state(mine["torch_rng"])
         step, history = ck["step"], ck["history"]
         log(f"resumed {out} at step {step}")
     elif resume:
@@ -276,12 +312,20 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=None) -> dict:
     use_bf16 = cfg.bf16 and device.type == "cuda"
 
     def checkpoint():
+        # Every rank has its own crop and noise streams; rank 0 saves all of them, so that a
+        # resumed DDP run continues each rank's streams exactly (called by every rank).
+        mine = {"sampler": sampler.state_dict(), "noise_gen": noise_gen.get_state(),
+                "torch_rng": torch.get_rng_state()}
+        rng = [None] * world
+        if ddp:
+            dist.all_gather_object(rng, mine)
+        else:
+            rng = [mine]
         if rank != 0:
             return
         save_atomic({"config": dataclasses.asdict(cfg), "model": model.state_dict(),
                      "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
-                     "sampler": sampler.state_dict(), "noise_gen": noise_gen.get_state(),
-                     "torch_rng": torch.get_rng_state(), "history": history,
+                     "rng": rng, "history": history,
                      "corpus": corpus.name, "uniform_q_scaling": UNIFORM_Q_SCALING},
                     out / CKPT_NAME)
 
@@ -316,20 +360,14 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=None) -> dict:
     while step < cfg.max_steps:
         if cfg.time_budget_s > 0 and time.perf_counter() - t_start >= cfg.time_budget_s:
             break
-        x0 = sampler.next().to(device, non_blocking=True)
+        x0 = sampler.next()
+        if device.type == "cuda":          # a pinned copy can overlap the GPU's previous step
+            x0 = x0.pin_memory()
+        x0 = x0.to(device, non_blocking=True)
         lr = cfg.lr * min(1.0, (step + 1) / max(cfg.warmup, 1))
-        for g in opt.param_groups:
-            g["lr"] = lr
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
-            loss = runner(x0, noise_gen).mean() / cfg.seq_len        # nats per character
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        ema.update()
+        loss = train_step(runner, model, opt, ema, x0, noise_gen, lr, cfg, use_bf16)
         step += 1
-        pending.append(loss.detach())
+        pending.append(loss)
         if bar is not None:
             bar.update(1)
         if step % cfg.log_every == 0:

@@ -1,4 +1,4 @@
-"""The logic behind the interactive views of lessons 1 and 2.
+"""The logic behind the interactive views of lessons 1, 2, 4 and 5.
 
 A lesson's slider cell only builds the ipywidgets and forwards their values to a function here.
 Each function draws on the matplotlib axes it is given (or on a new figure in the course style)
@@ -166,6 +166,61 @@ def reverse_view(t: float = 0.5, kind: str = "uniform", schedule: str = "logline
             "times": times, "trajectory": traj, "fig": fig}
 
 
+SAMPLER_METHODS = ("euler", "tweedie", "exact")
+SAMPLER_GRID = (1, 2, 4, 8, 16, 32, 64)
+
+
+def sampler_toy():
+    """``(rm, schedule, p0)`` of lesson 5's view: one token, Uniform(8), Geometric(1e-3, 2), bimodal p0."""
+    from .toy import bimodal
+    return Uniform(8), Geometric(1e-3, 2.0), bimodal(8)
+
+
+def sampler_view(method: str = "euler", steps: int = 4, ax_bars=None, ax_kl=None) -> dict:
+    """Lesson 5's slider: the exact law of one token drawn by a sampler with ``steps`` steps.
+
+    The left panel shows that law (``ddlab.sampling.exact_sampler_distribution`` with the exact
+    score) beside the data p0; the right panel shows KL(p0 || law) at 1, 2, 4, ..., 64 steps, with
+    the chosen step count marked.
+
+    Returns ``dict(method, steps, p0, law, kl, grid, curve, fig)``; ``curve[j]`` is the KL at
+    ``grid[j]`` steps.
+    """
+    from .sampling import exact_sampler_distribution, kl_divergence
+    from .sequences import exact_score_fn
+    if method not in SAMPLER_METHODS:
+        raise ValueError(f"method must be one of {SAMPLER_METHODS}, got {method!r}")
+    if isinstance(steps, bool) or int(steps) != steps or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    steps = int(steps)
+    rm, sched, p0 = sampler_toy()
+    score_fn = exact_score_fn(p0, rm)
+
+    def law_of(k):
+        return exact_sampler_distribution(score_fn, rm, sched, 1, k, method)
+
+    law = law_of(steps)
+    kl = kl_divergence(p0, law)
+    curve = [kl_divergence(p0, law_of(k)) for k in SAMPLER_GRID]
+
+    fig, ax_bars, ax_kl = _axes_pair(ax_bars, ax_kl)
+    states = np.arange(rm.n)
+    w = 0.4
+    ax_bars.bar(states - w / 2, p0.numpy(), w, color=PALETTE[0], label="data $p_0$")
+    ax_bars.bar(states + w / 2, law.numpy(), w, color=PALETTE[1], label=f"{method}, {steps} steps")
+    ax_bars.set(xticks=states, xlabel="state $x$", ylabel="probability",
+                ylim=(0, 1.3 * max(float(p0.max()), float(law.max()))))
+    ax_bars.legend(loc="upper center", ncol=2)
+    ax_bars.set_title(f"KL(p0 || sampler) = {max(kl, 0.0):.1e} nats")
+    floor = 1e-16                                 # Tweedie is exact here: plot its zeros on the floor
+    ax_kl.loglog(SAMPLER_GRID, [max(v, floor) for v in curve], "o-", color=PALETTE[1])
+    ax_kl.loglog([steps], [max(kl, floor)], "o", ms=12, mfc="none", color="0.2")
+    ax_kl.set(xlabel="number of steps $k$", ylabel="KL [nats]", ylim=(floor / 2, 10))
+    ax_kl.set_title(f"{method}: KL against steps (circle: {steps})")
+    return {"method": method, "steps": steps, "p0": p0, "law": law, "kl": kl,
+            "grid": list(SAMPLER_GRID), "curve": curve, "fig": fig}
+
+
 # Every view and the ranges of its parameters: (lo, hi) is a slider, a list is a dropdown.
 _RATIO_MODELS: dict = {}
 
@@ -206,7 +261,9 @@ WIDGETS = {
                                     "schedule": list(SCHEDULES)}),
     "learned_ratios_view": (learned_ratios_view, {"noise": ["absorbing", "uniform"],
                                                   "t": (0.02, 0.98)}),
+    "sampler_view": (sampler_view, {"method": list(SAMPLER_METHODS), "steps": (1, 64)}),
 }
 
 __all__ = ["KINDS", "SCHEDULES", "P0", "CUSTOM_Q", "toy_chain", "toy_schedule", "marginal_view",
-           "reverse_view", "learned_ratios_view", "WIDGETS"]
+           "reverse_view", "learned_ratios_view", "SAMPLER_METHODS", "sampler_toy", "sampler_view",
+           "WIDGETS"]

@@ -118,3 +118,26 @@ def toy_sequence_process(kind: str, n: int = 3, d: int = 2, seed: int = 0, eps_s
     else:
         rm, sch = ddlab.Uniform(n), ddlab.Geometric(1e-3, 3.0)
     return rm, sch, p0, ddlab.exact_score_fn(p0, rm)
+
+
+# ------------------------------------------------------------------ tiny text8-format runs
+TINY_RUN = ["--n_layer", "1", "--n_head", "2", "--d_model", "32", "--cond_dim", "16", "--seq_len",
+            "32", "--batch_size", "8", "--threads", "1", "--progress", "false",
+            "--eval_batches", "1"]
+
+
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory):
+    """Run folders of ``python -m ddlab.train`` on 40K characters of the fallback corpus:
+    ``zero`` (untrained absorb), ``absorb`` (30 steps) and ``ar`` (untrained baseline)."""
+    from ddlab import data, train
+    root = tmp_path_factory.mktemp("runs")
+    corpus = root / "small.txt"
+    corpus.write_text(data.fallback_text()[:40_000])
+    out = {}
+    for name, extra in [("zero", ["--max_steps", "0"]), ("absorb", ["--max_steps", "30"]),
+                        ("ar", ["--max_steps", "0", "--objective", "ar"])]:
+        out[name] = root / name
+        train.main(["--preset", "tiny-cpu", *TINY_RUN, "--data", str(corpus), "--out",
+                    str(out[name]), *extra])
+    return out

@@ -10,10 +10,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from ddlab import data
+from ddlab import data, skip_value_checks
 from ddlab.config import PRESETS, make_config
-from ddlab.train import (Objective, TrainingDiverged, build_model, build_process,
-                         dwdse_loss, load_checkpoint, train)
+from ddlab.train import (EMA, Objective, TrainingDiverged, build_model, build_process,
+                         dwdse_loss, load_checkpoint, make_optimizer, train, train_step)
 
 TINY = dict(n_layer=1, n_head=2, d_model=32, cond_dim=16, seq_len=32, batch_size=8, lr=3e-3,
             warmup=2, ema=0.9, threads=1, progress=False, eval_batches=1, log_every=2)
@@ -132,6 +132,114 @@ def test_ddp_two_gloo_processes_keep_weights_in_sync(corpus_file, tmp_path):
     single = train(make_config("tiny-cpu", {**cfg, "out": str(tmp_path / "single")}))
     w_single = single["model"].state_dict()
     assert any(not torch.allclose(w0[k], w_single[k]) for k in w0)
+
+
+def _host_reads(fn) -> int:
+    """How many times ``fn`` copies a tensor value to Python (a device sync on a GPU).
+
+    Every ``.item()``, ``int(t)``, ``bool(t.any())`` goes through aten::_local_scalar_dense."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return sum(e.count for e in prof.key_averages() if e.key == "aten::_local_scalar_dense")
+
+
+@pytest.mark.parametrize("objective", ["absorb", "uniform"])
+def test_training_step_reads_nothing_back_from_the_device(objective, corpus_file):
+    """The loss, its backward and the clipping copy no value to the host (no GPU sync per step).
+
+    The optimiser is left out: on a CPU, AdamW reads its step counter with .item(), which is a
+    host tensor on a GPU too and costs no sync there."""
+    cfg = _cfg(corpus_file, "unused", objective=objective)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    rm, sch = build_process(cfg)
+    obj = Objective(model, rm, sch, cfg.t_eps)
+    x0 = data.CropSampler(data.load_corpus(corpus_file).train, 32, 8, seed=0).next()
+
+    def step():
+        loss = obj(x0, torch.Generator().manual_seed(0)).mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        return loss
+
+    checked = _host_reads(step)
+    assert checked >= 8              # the value checks of sample_transition and score_entropy
+    with skip_value_checks():
+        assert _host_reads(step) == 0
+    # and the checks are back outside the block, with the same result inside and out
+    with pytest.raises(ValueError, match="token id 28"):
+        rm.sample_transition(torch.full((2, 3), 28), 0.5)
+    with skip_value_checks():
+        inside = obj(x0, torch.Generator().manual_seed(3))
+    assert torch.equal(inside, obj(x0, torch.Generator().manual_seed(3)))
+
+
+def test_train_step_is_one_optimiser_step(corpus_file):
+    """train_step (timed by the GPU benchmark) is exactly what the training loop does per step."""
+    cfg = _cfg(corpus_file, "unused", max_steps=3, grad_clip=0.5)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    rm, sch = build_process(cfg)
+    obj = Objective(model, rm, sch, cfg.t_eps)
+    opt, ema = make_optimizer(model, cfg, "cpu"), EMA(model.parameters(), cfg.ema)
+    x0 = torch.randint(0, 27, (8, 32))
+    before = [p.detach().clone() for p in model.parameters()]
+    loss = train_step(obj, model, opt, ema, x0, torch.Generator().manual_seed(1), 1e-3, cfg, False)
+    # the same step by hand
+    torch.manual_seed(0)
+    ref = build_model(cfg)
+    ref_obj = Objective(ref, rm, sch, cfg.t_eps)
+    ref_opt = torch.optim.AdamW(ref.parameters(), lr=1e-3, betas=(cfg.beta1, cfg.beta2),
+                                weight_decay=cfg.weight_decay)
+    ref_loss = ref_obj(x0, torch.Generator().manual_seed(1)).mean() / cfg.seq_len
+    ref_loss.backward()
+    torch.nn.utils.clip_grad_norm_(ref.parameters(), 0.5)
+    ref_opt.step()
+    assert loss.dim() == 0 and torch.equal(loss, ref_loss.detach())
+    for p, q, b, s in zip(model.parameters(), ref.parameters(), before, ema.shadow):
+        assert torch.equal(p, q)
+        d = min(cfg.ema, 1 / 10)                     # the EMA's first decay: (1 + 0) / (10 + 0)
+        assert torch.allclose(s, d * b + (1 - d) * p, atol=1e-7)
+    assert opt.param_groups[0]["lr"] == 1e-3
+
+
+def _ddp_resume_worker(rank, world, init_file, cfg_dict, result_file, resume):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=world)
+    try:
+        result = train(make_config("tiny-cpu", cfg_dict), resume=resume)
+        if rank == 1:
+            torch.save([h["loss_bpc"] for h in result["history"]], result_file)
+    finally:
+        dist.destroy_process_group()
+
+
+def _ddp_run(tmp_path, tag, cfg, resume=False):
+    out = tmp_path / f"{tag}.hist"
+    mp.spawn(_ddp_resume_worker, args=(2, str(tmp_path / f"init-{tag}"), cfg, str(out), resume),
+             nprocs=2, join=True)
+    return torch.load(out)
+
+
+def test_ddp_resume_continues_every_rank_bit_for_bit(corpus_file, tmp_path):
+    """Under DDP each rank draws its own crops and noise; a resumed run continues all of them.
+
+    Rank 1's own losses after the resumption (not only rank 0's) equal the uninterrupted ones."""
+    base = dataclasses.asdict(_cfg(corpus_file, tmp_path / "full", max_steps=4, log_every=1))
+    base.pop("preset")
+    full = _ddp_run(tmp_path, "full", base)
+    split = {**base, "out": str(tmp_path / "split"), "max_steps": 2}
+    _ddp_run(tmp_path, "first", split)
+    assert len(load_checkpoint(tmp_path / "split")["rng"]) == 2
+    resumed = _ddp_run(tmp_path, "resumed", {**split, "max_steps": 4}, resume=True)
+    # the history before the resumption is rank 0's (the checkpoint's); rank 1's own steps follow
+    assert len(full) == len(resumed) == 4 and resumed[2:] == full[2:]
+    ca, cb = load_checkpoint(tmp_path / "full"), load_checkpoint(tmp_path / "split")
+    assert all(torch.equal(ca["model"][k], cb["model"][k]) for k in ca["model"])
+    # a single process cannot take over the streams of two
+    with pytest.raises(ValueError, match="written by 2 process"):
+        train(make_config("tiny-cpu", {**split, "max_steps": 5}), resume=True)
 
 
 def test_config_errors_list_what_is_valid():

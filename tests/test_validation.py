@@ -260,3 +260,29 @@ def test_exact_score_fn_shape_mismatch():
         fn(torch.zeros(4, 3, dtype=torch.long), 0.5)
     with pytest.raises(ValueError, match="x_t holds token id 3"):
         fn(torch.tensor([[0, 3]]), 0.5)
+
+
+def test_skip_value_checks_skips_only_the_value_checks():
+    """Inside skip_value_checks the checks that read values are off (no GPU sync), the shape
+    checks stay, and everything is back on afterwards, also after an exception in the block."""
+    rm = ddlab.Uniform(5)
+    bad_tokens = torch.tensor([[0, 7]])
+    with ddlab.skip_value_checks():
+        rm.sample_transition(bad_tokens, 0.1)                 # not checked: the caller's promise
+        ddlab.LogLinear().sigma_bar(torch.tensor([1.5]))      # t outside [0, 1] not checked
+        with pytest.raises(ValueError, match="shape"):
+            rm.score_entropy(torch.zeros(1, 2, 4), torch.zeros(1, 2, dtype=torch.long),
+                             torch.zeros(1, 2, dtype=torch.long), 0.5)
+    with pytest.raises(ValueError, match="token id 7"):
+        rm.sample_transition(bad_tokens, 0.1)
+    with pytest.raises(RuntimeError):
+        with ddlab.skip_value_checks():
+            raise RuntimeError("inside")
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        ddlab.LogLinear().sigma_bar(torch.tensor([1.5]))
+
+
+@pytest.mark.parametrize("schedule", [None, ddlab.LogLinear()], ids=["unit", "loglinear"])
+def test_gillespie_needs_a_positive_t_end(schedule):
+    with pytest.raises(ValueError, match="t_end must"):
+        ddlab.gillespie(ddlab.Uniform(3), 0, schedule, t_end=0.0)

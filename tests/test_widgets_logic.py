@@ -42,7 +42,8 @@ def dropdown_combos(name):
 
 
 def test_registry_lists_callables_and_ranges():
-    assert set(widgets.WIDGETS) == {"marginal_view", "reverse_view", "learned_ratios_view"}
+    assert set(widgets.WIDGETS) == {"marginal_view", "reverse_view", "learned_ratios_view",
+                                    "sampler_view"}
     for name, (fn, ranges) in widgets.WIDGETS.items():
         assert callable(fn)
         for key, r in ranges.items():
@@ -173,3 +174,49 @@ def test_toy_chains_are_the_documented_ones():
     # the custom chain's stationary law, by detailed balance: pi_1 = 2 pi_0, pi_2 = pi_1 / 2
     np.testing.assert_allclose(widgets.toy_chain("custom")[0].stationary().numpy(),
                                [0.25, 0.5, 0.25], atol=1e-12)
+
+
+# ------------------------------------------------------------------ lesson 5: sampler_view
+def _bar_heights(ax, which):
+    """Heights of the first (data) or second (sampler) series of bars on a two-series bar plot."""
+    heights = np.array([p.get_height() for p in ax.patches])
+    half = len(heights) // 2
+    return heights[:half] if which == 0 else heights[half:]
+
+
+@pytest.mark.parametrize("steps", [1, 3, 64])
+def test_sampler_view_tweedie_is_exact_for_one_token(steps):
+    """With the exact score, one token's Tweedie step is Bayes' rule: the law is p0 at any steps."""
+    fig, (a, b) = plt.subplots(1, 2)
+    try:
+        out = widgets.sampler_view("tweedie", steps, ax_bars=a, ax_kl=b)
+        p0 = out["p0"].numpy()
+        assert np.allclose(out["law"].numpy(), p0, atol=1e-10)
+        assert abs(out["kl"]) < 1e-12 and all(abs(v) < 1e-12 for v in out["curve"])
+        assert np.allclose(_bar_heights(a, 0), p0) and np.allclose(_bar_heights(a, 1), p0)
+    finally:
+        plt.close(fig)
+
+
+def test_sampler_view_euler_is_first_order_and_its_kl_is_the_plotted_law():
+    """Euler's total variation falls like 1/k, so its KL like 1/k^2: doubling k divides it by ~4."""
+    out = widgets.sampler_view("euler", 16)
+    try:
+        law, p0 = out["law"].numpy(), out["p0"].numpy()
+        assert abs(law.sum() - 1) < 1e-12 and (law > 0).all()
+        assert np.isclose(out["kl"], np.sum(p0 * np.log(p0 / law)), rtol=1e-10)
+        kl = dict(zip(out["grid"], out["curve"]))
+        assert kl[16] == pytest.approx(out["kl"], rel=1e-12)
+        for k in (16, 32):
+            assert 3.5 < kl[k] / kl[2 * k] < 4.5, (k, kl[k], kl[2 * k])
+        assert all(a > b for a, b in zip(out["curve"], out["curve"][1:]))
+    finally:
+        plt.close(out["fig"])
+
+
+def test_sampler_view_refuses_bad_parameters():
+    with pytest.raises(ValueError, match="method must be one of"):
+        widgets.sampler_view("heun", 4)
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="steps must be a positive integer"):
+            widgets.sampler_view("euler", bad)
