@@ -74,7 +74,7 @@ PRESETS: dict[str, dict] = {
     # ~1M parameters; ~100-200 steps of 16 x 128 characters in a minute on a CPU. One thread:
     # on a shared 2-core machine two threads were 6x slower per step than one (contention).
     # lr 1e-3: at 3e-3 the absorbing objective stalled near the unigram level (~4.0 bits/char)
-    # for over 1000 steps of batch 16, while 1e-3 left it after ~250 (benchmarks/RESULTS.md).
+    # for over 1000 steps of batch 16, while 1e-3 left it after ~300 (benchmarks/RESULTS.md).
     "tiny-cpu": dict(n_layer=4, n_head=4, d_model=128, cond_dim=64, seq_len=128, batch_size=16,
                      lr=1e-3, warmup=20, ema=0.99, max_steps=200, threads=1),
     # In between: ~11M parameters, a few minutes on one GPU.
