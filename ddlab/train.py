@@ -286,6 +286,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=None) -> dict:
         if now != saved:
             diff = {k: (saved[k], now[k]) for k in saved if saved[k] != now[k]}
             raise ValueError(f"--resume with a different configuration: {diff} (saved, given)")
+        if "rng" not in ck:
+            raise ValueError(f"--resume: {out / CKPT_NAME} was written by an older ddlab that did "
+                             f"not save every rank's random state, so it cannot continue "
+                             f"bit-for-bit; start a new run (it still loads for evaluation and "
+                             f"sampling)")
         if len(ck["rng"]) != world:
             raise ValueError(f"--resume: the checkpoint was written by {len(ck['rng'])} "
                              f"process(es) and this run has {world}; resume with the same number "

@@ -78,6 +78,12 @@ def test_resume_is_bit_for_bit(corpus_file, tmp_path):
         assert torch.equal(ca["model"][k], cb["model"][k])
     for s, t in zip(ca["ema"]["shadow"], cb["ema"]["shadow"]):
         assert torch.equal(s, t)
+    # a checkpoint without the per-rank random states (older ddlab) is refused, clearly
+    old = load_checkpoint(tmp_path / "split")
+    del old["rng"]
+    torch.save(old, tmp_path / "split" / "ckpt.pt")
+    with pytest.raises(ValueError, match="older ddlab"):
+        train(_cfg(corpus_file, tmp_path / "split", max_steps=9), resume=True)
     # a resumed run refuses a changed configuration
     with pytest.raises(ValueError, match="different configuration.*lr"):
         train(_cfg(corpus_file, tmp_path / "split", max_steps=9, lr=1e-2), resume=True)
