@@ -19,10 +19,10 @@ robust to a shared, noisy machine.
 GPU throughput (``--gpu``): tokens/s and model-FLOPs utilisation of a preset (default ``small``)
 training with the SEDD objective in bf16 autocast. It times ``ddlab.train.train_step``, the very
 step of ``python -m ddlab.train`` (fused AdamW, clipping, EMA, a fresh pinned batch each step);
-``--sync_check`` first runs one step under ``torch.cuda.set_sync_debug_mode("error")``. FLOPs per token are counted as
-``6 * N + 12 * n_layer * d_model * seq_len`` (N = parameters outside the embedding; the second
-term is the attention score and value products, forward and backward, non-causal), against the
-dense bf16 peak of the card (989 TFLOP/s for H100/H200 SXM).
+``--sync_check`` first runs one step under ``torch.cuda.set_sync_debug_mode("error")``. FLOPs per
+token are counted as ``6 * N + 12 * n_layer * d_model * seq_len`` (N = parameters outside the
+embedding; the second term is the attention score and value products, forward and backward,
+non-causal), against the dense bf16 peak of the card (989 TFLOP/s for H100/H200 SXM).
 """
 
 from __future__ import annotations

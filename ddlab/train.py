@@ -17,8 +17,8 @@ Machinery: AdamW, linear warmup then a constant rate (as SEDD), gradient clippin
 weights (used for evaluation and sampling), bf16 autocast on CUDA, optional torch.compile, a tqdm
 bar, periodic evaluation, atomic checkpoints, ``--resume`` that continues bit-for-bit on CPU (the
 RNG states of torch, of the crop sampler and of the noise generator are checkpointed for every
-rank), a guard
-that stops on a NaN/inf loss without overwriting the last good checkpoint, and DDP under torchrun.
+rank), a guard that stops on a NaN/inf loss without overwriting the last good checkpoint, and DDP
+under torchrun. Each step is :func:`train_step`, which never synchronises with a GPU.
 """
 
 from __future__ import annotations
@@ -321,11 +321,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=None) -> dict:
         # resumed DDP run continues each rank's streams exactly (called by every rank).
         mine = {"sampler": sampler.state_dict(), "noise_gen": noise_gen.get_state(),
                 "torch_rng": torch.get_rng_state()}
-        rng = [None] * world
+        rng = [mine]
         if ddp:
+            rng = [None] * world
             dist.all_gather_object(rng, mine)
-        else:
-            rng = [mine]
         if rank != 0:
             return
         save_atomic({"config": dataclasses.asdict(cfg), "model": model.state_dict(),
