@@ -341,18 +341,29 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=None) -> dict:
     tokens = cfg.batch_size * cfg.seq_len * world
     t_start, step0, valid_bpc = time.perf_counter(), step, None
 
+    def any_rank(flag: bool) -> bool:
+        """Whether ``flag`` holds on some rank. Under DDP every rank must call it at the same step:
+        ranks that stopped on their own would leave the others waiting in the next all-reduce."""
+        if not ddp:
+            return flag
+        t = torch.tensor([float(flag)], device=device if device.type == "cuda" else "cpu")
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
     def flush():
         if not pending:
             return
         vals = torch.stack(pending).double().cpu() / LN2
         first = step - len(pending) + 1
         pending.clear()
-        if not torch.isfinite(vals).all():
-            bad = first + int((~torch.isfinite(vals)).nonzero()[0])
+        finite = torch.isfinite(vals)
+        if any_rank(not bool(finite.all())):
             where = (f"the last good checkpoint {out / CKPT_NAME} is kept"
                      if (out / CKPT_NAME).is_file() else "no checkpoint had been written yet")
-            raise TrainingDiverged(f"loss became {vals[~torch.isfinite(vals)][0].item()} at step "
-                                   f"{bad}; stopping ({where}). Lower --lr, raise --warmup or "
+            what = (f"loss became {vals[~finite][0].item()} at step "
+                    f"{first + int((~finite).nonzero()[0])}" if not finite.all() else
+                    f"loss became non-finite on another rank by step {step}")
+            raise TrainingDiverged(f"{what}; stopping ({where}). Lower --lr, raise --warmup or "
                                    f"--grad_clip, or disable --bf16, then --resume.")
         history.extend({"step": first + k, "loss_bpc": float(v)} for k, v in enumerate(vals))
         if bar is not None:
@@ -362,8 +373,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=None) -> dict:
 
     model.train()
     while step < cfg.max_steps:
-        if cfg.time_budget_s > 0 and time.perf_counter() - t_start >= cfg.time_budget_s:
-            break
+        # Under DDP the ranks agree on when the time is up, at logging steps only (no extra sync).
+        if cfg.time_budget_s > 0 and (not ddp or step % cfg.log_every == 0):
+            if any_rank(time.perf_counter() - t_start >= cfg.time_budget_s):
+                break
         x0 = sampler.next()
         if device.type == "cuda":          # a pinned copy can overlap the GPU's previous step
             x0 = x0.pin_memory()

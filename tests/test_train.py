@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 
 import pytest
 import torch
@@ -246,6 +247,59 @@ def test_ddp_resume_continues_every_rank_bit_for_bit(corpus_file, tmp_path):
     # a single process cannot take over the streams of two
     with pytest.raises(ValueError, match="written by 2 process"):
         train(make_config("tiny-cpu", {**split, "max_steps": 5}), resume=True)
+
+
+def _ddp_stop_worker(rank, world, init_file, cfg_dict, result_file, poison_rank):
+    """Train under DDP; write how this rank ended ("diverged" or the final step) to a file."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=world)
+    if rank == poison_rank:                  # a NaN loss on this rank only, at its 3rd step
+        original, calls = Objective.forward, {"n": 0}
+
+        def poisoned(self, x0, generator=None):
+            calls["n"] += 1
+            out = original(self, x0, generator)
+            return out * float("nan") if calls["n"] == 3 else out
+        Objective.forward = poisoned
+    try:
+        result = train(make_config("tiny-cpu", cfg_dict))
+        outcome = str(result["steps"])
+    except TrainingDiverged as err:
+        outcome = f"diverged: {err}"
+    finally:
+        dist.destroy_process_group()
+    with open(f"{result_file}.{rank}", "w") as f:
+        f.write(outcome)
+
+
+def _ddp_outcomes(tmp_path, tag, cfg, poison_rank=-1, deadline_s=120):
+    """Run two gloo ranks; fail (instead of hanging) if they do not both finish in time."""
+    ctx = mp.spawn(_ddp_stop_worker, args=(2, str(tmp_path / f"init-{tag}"), cfg,
+                                           str(tmp_path / tag), poison_rank),
+                   nprocs=2, join=False)
+    start = time.monotonic()
+    while not ctx.join(timeout=1):
+        if time.monotonic() - start > deadline_s:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail(f"DDP ranks still running after {deadline_s} s: one rank stopped alone "
+                        f"and the other waits in an all-reduce")
+    return [open(f"{tmp_path / tag}.{r}").read() for r in range(2)]
+
+
+def test_ddp_ranks_stop_together_on_a_nan_and_on_the_time_budget(corpus_file, tmp_path):
+    """A NaN on one rank stops every rank (no rank left waiting in an all-reduce), and a time
+    budget ends all ranks at the same step."""
+    base = dataclasses.asdict(_cfg(corpus_file, tmp_path / "nan", max_steps=8, log_every=1))
+    base.pop("preset")
+    nan = _ddp_outcomes(tmp_path, "nan", base, poison_rank=1)
+    assert nan[1].startswith("diverged: loss became nan at step 3"), nan
+    assert nan[0].startswith("diverged: loss became non-finite on another rank by step 3"), nan
+    timed = {**base, "out": str(tmp_path / "timed"), "max_steps": 100_000, "time_budget_s": 1.5,
+             "log_every": 3}
+    steps = _ddp_outcomes(tmp_path, "timed", timed)
+    assert steps[0] == steps[1] and int(steps[0]) % 3 == 0 and int(steps[0]) > 0, steps
 
 
 def test_config_errors_list_what_is_valid():
