@@ -1,4 +1,4 @@
-"""The logic behind the interactive views of lessons 1, 2, 4 and 5.
+"""The logic behind the interactive views of lessons 1 to 5.
 
 A lesson's slider cell only builds the ipywidgets and forwards their values to a function here.
 Each function draws on the matplotlib axes it is given (or on a new figure in the course style)
@@ -166,6 +166,49 @@ def reverse_view(t: float = 0.5, kind: str = "uniform", schedule: str = "logline
             "times": times, "trajectory": traj, "fig": fig}
 
 
+def score_entropy_view(log10_r: float = -2.0, log10_s_over_r: float = 1.0, ax_loss=None,
+                       ax_grad=None) -> dict:
+    """Lesson 3's slider: score entropy and the squared error for one true ratio r.
+
+    Left: ``l_SE(s; r) / r`` and ``l_CSM(s; r) / r`` against s / r (log axis), with the chosen s
+    marked. Right: the size of the pull on the network's output ``log s``, i.e. of the gradients
+    ``s - r`` (score entropy) and ``2 s (s - r)`` (squared error): for small r the squared error's
+    pull fades like r^2, score entropy's like r. Returns ``dict(r, s, se, csm, grad_se, grad_csm, s_over_r, se_curve,
+    csm_curve, fig)``; the curves are per r, over the grid ``s_over_r``.
+    """
+    from .losses import csm_term, score_entropy_term
+    r = 10.0 ** float(log10_r)
+    ratio = 10.0 ** float(log10_s_over_r)
+    if not (np.isfinite(r) and np.isfinite(ratio) and r > 0 and ratio > 0):
+        raise ValueError(f"log10_r and log10_s_over_r must be finite numbers, got "
+                         f"{log10_r!r} and {log10_s_over_r!r}")
+    s = ratio * r
+    grid = torch.logspace(-2, 2, 201, dtype=torch.float64)
+    se_curve = (score_entropy_term(grid * r, r) / r).numpy()
+    csm_curve = (csm_term(grid * r, r) / r).numpy()
+    se, csm = float(score_entropy_term(s, r)), float(csm_term(s, r))
+    grad_se, grad_csm = s - r, 2 * s * (s - r)
+
+    fig, ax_loss, ax_grad = _axes_pair(ax_loss, ax_grad)
+    floor = 1e-12                           # both losses are exactly 0 at s = r: keep it on the plot
+    ax_loss.loglog(grid.numpy(), np.maximum(se_curve, floor), color=PALETTE[0],
+                   label="score entropy / r")
+    ax_loss.loglog(grid.numpy(), np.maximum(csm_curve, floor), color=PALETTE[1],
+                   label="squared error / r")
+    ax_loss.plot([ratio], [max(se / r, floor)], "o", color=PALETTE[0])
+    ax_loss.plot([ratio], [max(csm / r, floor)], "s", color=PALETTE[1])
+    ax_loss.axvline(1.0, color="0.6", lw=0.8)
+    ax_loss.set(xlabel="s / r", ylabel="loss / r", ylim=(1e-6, 1e6))
+    ax_loss.legend(loc="upper center")
+    ax_loss.set_title(f"r = {r:.1e}: both vanish only at s = r")
+    names = ["score entropy\n$|s - r|$", "squared error\n$|2s(s - r)|$"]
+    ax_grad.bar(names, [max(abs(grad_se), floor), max(abs(grad_csm), floor)], color=PALETTE[:2])
+    ax_grad.set(yscale="log", ylabel="size of the pull on log s", ylim=(1e-12, 1e4))
+    ax_grad.set_title(f"at s = {ratio:.2g} r: SE {grad_se:+.1e}, squared {grad_csm:+.1e}")
+    return {"r": r, "s": s, "se": se, "csm": csm, "grad_se": grad_se, "grad_csm": grad_csm,
+            "s_over_r": grid, "se_curve": se_curve, "csm_curve": csm_curve, "fig": fig}
+
+
 SAMPLER_METHODS = ("euler", "tweedie", "exact")
 SAMPLER_GRID = (1, 2, 4, 8, 16, 32, 64)
 
@@ -262,8 +305,11 @@ WIDGETS = {
     "learned_ratios_view": (learned_ratios_view, {"noise": ["absorbing", "uniform"],
                                                   "t": (0.02, 0.98)}),
     "sampler_view": (sampler_view, {"method": list(SAMPLER_METHODS), "steps": (1, 64)}),
+    "score_entropy_view": (score_entropy_view, {"log10_r": (-4.0, 1.0),
+                                                "log10_s_over_r": (-2.0, 2.0)}),
 }
 
 __all__ = ["KINDS", "SCHEDULES", "P0", "CUSTOM_Q", "toy_chain", "toy_schedule", "marginal_view",
            "reverse_view", "learned_ratios_view", "SAMPLER_METHODS", "sampler_toy", "sampler_view",
+           "score_entropy_view",
            "WIDGETS"]

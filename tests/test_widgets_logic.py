@@ -43,7 +43,7 @@ def dropdown_combos(name):
 
 def test_registry_lists_callables_and_ranges():
     assert set(widgets.WIDGETS) == {"marginal_view", "reverse_view", "learned_ratios_view",
-                                    "sampler_view"}
+                                    "sampler_view", "score_entropy_view"}
     for name, (fn, ranges) in widgets.WIDGETS.items():
         assert callable(fn)
         for key, r in ranges.items():
@@ -220,3 +220,35 @@ def test_sampler_view_refuses_bad_parameters():
     for bad in (0, 2.5, True):
         with pytest.raises(ValueError, match="steps must be a positive integer"):
             widgets.sampler_view("euler", bad)
+
+
+# ------------------------------------------------------------------ lesson 3: score_entropy_view
+def _se_by_hand(s, r):
+    return s - r * np.log(s) + r * (np.log(r) - 1)
+
+
+@pytest.mark.parametrize("log10_r, log10_ratio", [(-4.0, 1.0), (-2.0, -1.5), (0.5, 2.0), (1.0, 0.3)])
+def test_score_entropy_view_numbers_against_the_formulas(log10_r, log10_ratio):
+    out = widgets.score_entropy_view(log10_r, log10_ratio)
+    try:
+        r, s = 10.0 ** log10_r, 10.0 ** (log10_r + log10_ratio)
+        assert out["r"] == pytest.approx(r) and out["s"] == pytest.approx(s)
+        assert out["se"] == pytest.approx(_se_by_hand(s, r), rel=1e-10)
+        assert out["csm"] == pytest.approx((s - r) ** 2, rel=1e-10)
+        # the plotted pulls are derivatives in log s: central differences of the formulas
+        h = 1e-6
+        for key, f in (("grad_se", _se_by_hand), ("grad_csm", lambda s_, r_: (s_ - r_) ** 2)):
+            fd = (f(s * np.exp(h), r) - f(s * np.exp(-h), r)) / (2 * h)
+            assert out[key] == pytest.approx(fd, rel=1e-6, abs=1e-14)
+        grid = out["s_over_r"].numpy()
+        assert np.allclose(out["se_curve"], _se_by_hand(grid * r, r) / r, rtol=1e-9, atol=1e-12)
+    finally:
+        plt.close(out["fig"])
+
+
+def test_score_entropy_view_zero_at_the_truth_and_refuses_nan():
+    out = widgets.score_entropy_view(-3.0, 0.0)
+    plt.close(out["fig"])
+    assert out["se"] == pytest.approx(0, abs=1e-15) and out["csm"] == 0 and out["grad_se"] == 0
+    with pytest.raises(ValueError, match="finite"):
+        widgets.score_entropy_view(float("nan"), 0.0)
