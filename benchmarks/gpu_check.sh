@@ -2,8 +2,10 @@
 # The GPU checks of lesson 9's training code, in stages, for one H100 (no network needed).
 #
 #   python benchmarks/make_doc_corpus.py     # beforehand, where apt has network: .gpu/doc_corpus.txt
-#   bash benchmarks/gpu_check.sh             # on the GPU machine (carry .gpu/): about 8 minutes
-#   STAGES=lesson9 bash benchmarks/gpu_check.sh      # lesson 9's GPU branch: about 8 minutes
+#   bash benchmarks/gpu_check.sh             # on the GPU machine (carry .gpu/): about 9-10 minutes
+#   STAGES=throughput bash benchmarks/gpu_check.sh   # the MFU target alone: about 3-4 minutes
+#   STAGES=lesson9 bash benchmarks/gpu_check.sh      # lesson 9's GPU branch: about 7 minutes
+# A 10-minute command limit: run "throughput" and "race gen" as two calls when in doubt.
 #
 # Stages (environment STAGES, default "throughput race gen"):
 #   throughput  tokens/s and model-FLOPs utilisation of the `small` preset (12 x 768, seq 256) in
