@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -31,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ddlab import data                                                    # noqa: E402
-from ddlab.sample import generate, generative_bpc, unigram_entropy       # noqa: E402
+from ddlab.sample import ar_score, sample_quality                         # noqa: E402
 from ddlab.train import load_model                                        # noqa: E402
 
 
@@ -46,30 +44,24 @@ def measure(args) -> dict:
     d = cfg.seq_len
     corpus = data.load_corpus(cfg.data, fallback=cfg.fallback)
     real = data.eval_chunks(corpus.test, d, max_chunks=args.batch)
-    per = generative_bpc(ar, real, per_sample=True)
     result = {"sedd": str(args.sedd), "ar": str(args.ar), "objective": cfg.objective,
               "corpus": corpus.name, "d": d, "batch": args.batch, "device": device,
               "device_name": torch.cuda.get_device_name() if device == "cuda" else "cpu",
               "torch": torch.__version__,
-              "reference": {"bpc": float(per.mean()), "se": _se(per),
-                            "entropy": unigram_entropy(real)}, "rows": []}
-    for sampler in args.samplers.split(","):
-        for k in [int(s) for s in args.steps.split(",")]:
-            t0 = time.perf_counter()
-            x = generate(sedd, rm, schedule, args.batch, d, k, sampler, seed=args.seed)
-            seconds = time.perf_counter() - t0
-            per = generative_bpc(ar, x, per_sample=True)
-            row = {"sampler": sampler, "steps": k, "bpc": float(per.mean()), "se": _se(per),
-                   "entropy": unigram_entropy(x), "seconds": seconds,
-                   "example": data.decode(x[:1])[0][:80]}
-            result["rows"].append(row)
-            print(f"{sampler:8s} {k:5d} steps: {row['bpc']:.3f} +- {row['se']:.3f} bits/char, "
-                  f"unigram entropy {row['entropy']:.2f} bits, {seconds:.1f} s", flush=True)
+              "reference": ar_score(ar, real)}
+
+    def show(row):
+        print(f"{row['sampler']:8s} {row['steps']:5d} steps: {row['bpc']:.3f} +- {row['se']:.3f} "
+              f"bits/char, unigram entropy {row['entropy']:.2f} bits, {row['seconds']:.1f} s",
+              flush=True)
+
+    rows = sample_quality(sedd, rm, schedule, ar, [int(s) for s in args.steps.split(",")],
+                          args.samplers.split(","), batch=args.batch, d=d, seed=args.seed,
+                          log=show)
+    for row in rows:
+        row["example"] = data.decode(row.pop("samples")[:1])[0][:80]
+    result["rows"] = rows
     return result
-
-
-def _se(per: torch.Tensor) -> float:
-    return float(per.std() / math.sqrt(len(per))) if len(per) > 1 else float("nan")
 
 
 def report(results: list[dict], figure: str | None) -> None:

@@ -12,7 +12,6 @@ lines are skipped. A failing cell stops the run with its traceback and a non-zer
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -21,13 +20,6 @@ import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def code_cells(path: Path) -> list[str]:
-    cells = json.loads(path.read_text())["cells"]
-    return ["\n".join("pass" if line.lstrip().startswith(("%", "!")) else line
-                      for line in "".join(c["source"]).splitlines())
-            for c in cells if c["cell_type"] == "code"]
 
 
 def main(argv=None) -> int:
@@ -39,10 +31,11 @@ def main(argv=None) -> int:
     os.environ["MPLBACKEND"] = "Agg"
     os.environ["DDLAB_FIGURES"] = a.figures or tempfile.mkdtemp(prefix="ddlab-figures-")
     sys.path.insert(0, str(ROOT))
+    from ddlab.course import notebook_cells, without_magics
     os.chdir(nb.parent)                     # lessons write runs/ beside themselves
     namespace: dict = {"__name__": "__main__"}
     start = time.perf_counter()
-    for k, code in enumerate(code_cells(nb), 1):
+    for k, code in enumerate((without_magics(c) for c in notebook_cells(nb, "code")), 1):
         t0 = time.perf_counter()
         print(f"----- cell {k}", flush=True)
         try:

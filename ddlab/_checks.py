@@ -74,7 +74,7 @@ def as_tokens(x, n: int, name: str = "x") -> torch.Tensor:
     if t.is_floating_point() or t.is_complex():
         raise ValueError(f"{name} must hold integer token ids, got a tensor of dtype {t.dtype}")
     t = t.long()
-    if t.numel() and _VALUE_CHECKS.get():
+    if t.numel() and value_checks_enabled():
         lo, hi = int(t.min()), int(t.max())
         if lo < 0 or hi >= n:
             bad = lo if lo < 0 else hi
@@ -94,7 +94,7 @@ def as_batch(x, n: int, name: str = "x", d: int | None = None) -> torch.Tensor:
 def check_sigma_bar(sigma_bar, name: str = "sigma_bar", dtype=None) -> torch.Tensor:
     """Return sigma_bar as a floating tensor, checking it is finite and >= 0."""
     s = as_float(sigma_bar, dtype)
-    if s.numel() and _VALUE_CHECKS.get():
+    if s.numel() and value_checks_enabled():
         if not torch.isfinite(s).all():
             raise ValueError(f"{name} must be finite, got {_first_bad(s, ~torch.isfinite(s))}")
         if (s < 0).any():
@@ -106,7 +106,7 @@ def check_sigma_bar(sigma_bar, name: str = "sigma_bar", dtype=None) -> torch.Ten
 def check_time(t, name: str = "t") -> torch.Tensor:
     """Return t as a floating tensor, checking 0 <= t <= 1."""
     tt = as_float(t)
-    if tt.numel() and _VALUE_CHECKS.get():
+    if tt.numel() and value_checks_enabled():
         bad = ~((tt >= 0) & (tt <= 1))
         if bad.any():
             raise ValueError(f"{name} must lie in [0, 1], got {_first_bad(tt, bad)}")

@@ -2,10 +2,13 @@
 
 ``lesson_scale()`` is the one size knob: "small" on a CPU and under nbval (so a lesson runs in about
 a minute on two cores), "full" when a GPU is present. ``DDLAB_SCALE=small|full`` overrides it.
+``notebook_cells`` and ``without_magics`` read a lesson as plain Python, for the tests and for
+``benchmarks/run_lesson.py`` (which runs a lesson where Jupyter is not installed).
 """
 
 from __future__ import annotations
 
+import json
 import os
 
 import torch
@@ -41,4 +44,17 @@ def setup(seed: int = 0) -> str:
     return scale
 
 
-__all__ = ["lesson_scale", "default_device", "setup"]
+def notebook_cells(path, kind: str) -> list[str]:
+    """The sources of a notebook's cells of one kind ("code" or "markdown"), in order."""
+    with open(path) as f:
+        nb = json.load(f)
+    return ["".join(c["source"]) for c in nb.get("cells", []) if c.get("cell_type") == kind]
+
+
+def without_magics(code: str) -> str:
+    """A code cell as plain Python: IPython magics and shell lines (% and !) become `pass`."""
+    return "\n".join("pass" if line.lstrip().startswith(("%", "!")) else line
+                     for line in code.splitlines())
+
+
+__all__ = ["lesson_scale", "default_device", "setup", "notebook_cells", "without_magics"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import time
 
 import numpy as np
 import torch
@@ -101,13 +102,43 @@ def unigram_entropy(samples: torch.Tensor, n: int = len(ALPHABET)) -> float:
     return float(-(p * p.log2()).sum())
 
 
+def ar_score(ar_model, x: torch.Tensor) -> dict:
+    """``{"bpc", "se", "entropy"}`` of sequences x (B, d), samples or real text (lesson 9): the AR
+    baseline's mean bits/char, its standard error over the B sequences, and the unigram entropy."""
+    per = generative_bpc(ar_model, x, per_sample=True)
+    se = float(per.std() / math.sqrt(len(per))) if len(per) > 1 else float("nan")
+    return {"bpc": float(per.mean()), "se": se, "entropy": unigram_entropy(x)}
+
+
+def sample_quality(model, rm, schedule, ar_model, steps_list, samplers=("euler", "tweedie"), *,
+                   batch: int = 16, d: int | None = None, seed: int = 0, log=None) -> list[dict]:
+    """One row per (sampler, steps): how the AR baseline scores ``batch`` samples (lesson 9).
+
+    Each row holds ``sampler, steps``, the :func:`ar_score` of the samples (``bpc``, ``se``,
+    ``entropy``), ``seconds`` (sampling time) and ``samples``. Every row starts from the same seed. ``log(row)`` is called after each row (long
+    sweeps print as they go).
+    """
+    d = d or model.cfg.seq_len
+    rows = []
+    for sampler in samplers:
+        for k in steps_list:
+            t0 = time.perf_counter()
+            x = generate(model, rm, schedule, batch, d, k, sampler, seed=seed)
+            seconds = time.perf_counter() - t0
+            rows.append({"sampler": sampler, "steps": k, **ar_score(ar_model, x),
+                         "seconds": seconds, "samples": x})
+            if log is not None:
+                log(rows[-1])
+    return rows
+
+
 def generative_bpc_curve(model, rm, schedule, ar_model, steps_list, samplers=("euler", "tweedie"),
                          *, batch: int = 16, d: int | None = None, seed: int = 0) -> dict:
     """{sampler: [generative bits/char at each number of steps]} (lesson 9; the paper's figure
-    uses 8 to 1024 steps, a CPU lesson fewer)."""
-    d = d or model.cfg.seq_len
-    return {s: [generative_bpc(ar_model, generate(model, rm, schedule, batch, d, k, s, seed=seed))
-                for k in steps_list] for s in samplers}
+    uses 8 to 1024 steps, a CPU lesson fewer). :func:`sample_quality` gives the full rows."""
+    rows = sample_quality(model, rm, schedule, ar_model, steps_list, samplers, batch=batch, d=d,
+                          seed=seed)
+    return {s: [r["bpc"] for r in rows if r["sampler"] == s] for s in samplers}
 
 
 def main(argv=None) -> list[str]:

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -24,6 +23,8 @@ from scipy.stats import chisquare
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+from ddlab.course import notebook_cells, without_magics  # noqa: E402,F401  (test modules use them)
 
 torch.set_num_threads(1)
 
@@ -78,19 +79,6 @@ def chi2_pvalue(samples, law) -> float:
     support = law > 1e-12
     assert counts[~support].sum() == 0, f"drew a state of probability zero: counts {counts}"
     return chisquare(counts[support], law[support] / law[support].sum() * counts.sum()).pvalue
-
-
-def notebook_cells(path, kind: str) -> list[str]:
-    """The sources of a notebook's cells of one kind ("code" or "markdown"), in order."""
-    with open(path) as f:
-        nb = json.load(f)
-    return ["".join(c["source"]) for c in nb.get("cells", []) if c.get("cell_type") == kind]
-
-
-def without_magics(code: str) -> str:
-    """A code cell as plain Python: IPython magics and shell lines (% and !) become `pass`."""
-    return "\n".join("pass" if line.lstrip().startswith(("%", "!")) else line
-                     for line in code.splitlines())
 
 
 def random_joint(n: int, d: int, seed: int = 0, power: float = 3.0) -> torch.Tensor:

@@ -97,6 +97,10 @@ def test_generative_bpc_per_sample_matches_prefix_by_prefix_scoring(runs):
             ref -= logp[torch.arange(3), x[:, i]] / math.log(2)
     assert torch.allclose(per, ref / 8, atol=1e-5)
     assert math.isclose(sample.generative_bpc(ar, x), float(per.mean()), rel_tol=1e-9)
+    score = sample.ar_score(ar, x)                 # mean and standard error of the hand values
+    hand = (ref / 8).numpy()
+    assert math.isclose(score["bpc"], hand.mean(), rel_tol=1e-5)
+    assert math.isclose(score["se"], hand.std(ddof=1) / math.sqrt(3), rel_tol=1e-3)
 
 
 def test_unigram_entropy_by_hand():
