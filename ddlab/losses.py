@@ -98,21 +98,60 @@ def dse(log_score, x, x0, sigma_bar, rm) -> torch.Tensor:
     return as_rate_matrix(rm).score_entropy(log_score, x, x0, sigma_bar)
 
 
-def dwdse(log_score, x, x0, t, schedule, rm) -> torch.Tensor:
-    """The diffusion-weighted DSE integrand per token: ``sigma(t) * DSE(x, x0, sigma_bar(t))``.
+def stratified_times(num, t_min: float = 0.0, t_max: float = 1.0, *, batch=None,
+                     stratum=None, shared_offset: bool = False, generator=None,
+                     dtype=torch.float64, device=None) -> torch.Tensor:
+    """Stratified times on [t_min, t_max]: ``t_j = t_min + (t_max - t_min) (j + U_j) / num``.
 
-    ``t`` broadcasts to the token shape S of ``x`` (one time per sequence: shape (B, 1) for
-    x of shape (B, d)). With ``t ~ U(0, 1)`` its mean is an unbiased estimate of
-    ``int_0^1 sigma(t) DSE dt``, the training loss of lesson 4 and the bound of lesson 6.
-    ``t`` must give sigma_bar(t) > 0 (LogLinear has sigma_bar(0) = 0: start at a small t).
+    The one time sampler of every DWDSE estimate (toy and text training, ``nll_bound``, the MDLM
+    bound; lessons 4, 6, 8, 9). Each t_j is uniform on its slice of [t_min, t_max], so every
+    t_j is still U(t_min, t_max) marginally and an average over j stays unbiased, while the
+    strata cover the interval evenly and the average has a lower variance than i.i.d. times.
+
+    * ``batch=None``: shape (num,), one time per stratum (the strata *are* the batch);
+      ``batch=B``: shape (num, B), num strata for each of B sequences, offsets independent.
+    * ``stratum=j``: only stratum j, shape () or (B,) — for loops that draw one stratum at a time.
+    * ``shared_offset=True``: one offset U for all strata (a regular grid shifted at random),
+      which is what the text trainer does.
     """
-    rm = as_rate_matrix(rm)
-    log_score = as_float(log_score)
-    t = check_time(t)
-    sb = schedule.sigma_bar(t)
-    sig = schedule.sigma(t).to(log_score.dtype)
-    loss = rm.score_entropy(log_score, x, x0, sb)
-    return sig * loss
+    u_shape = () if shared_offset else ((num,) if stratum is None else ()) + (
+        () if batch is None else (batch,))
+    u = torch.rand(u_shape, generator=generator, dtype=dtype, device=device)
+    if stratum is None:
+        j = torch.arange(num, device=device)
+        if batch is not None:
+            j = j[:, None]
+    else:
+        j = stratum
+    return t_min + (t_max - t_min) * (j + u) / num
+
+
+def dwdse(rm, log_score_fn, x0, sigma_bar, weight, *, x_t=None, generator=None,
+          divergence=None) -> torch.Tensor:
+    """One Monte Carlo sample of the diffusion-weighted DSE per sequence, shape (B,), nats.
+
+    ``weight_b * sum_i DSE_i(x_t, x0, sigma_bar_b)`` with ``x_t ~ p(. | x0)`` drawn by
+    ``rm.sample_transition`` at ``sigma_bar_b`` (or the given ``x_t``) and the model's
+    log-ratios ``log_score_fn(x_t, sigma_bar)`` of shape (B, d, n). With ``sigma_bar =
+    schedule.sigma_bar(t)``, ``weight = schedule.sigma(t)`` and t uniform on [t_min, 1], the mean
+    over t is an unbiased estimate of ``int_{t_min}^1 sigma(t) E[DSE_t] dt / (1 - t_min)``; other
+    ways of drawing sigma_bar put their density ratio into ``weight`` (``nll_bound`` for
+    absorbing noise).
+
+    This is the single DWDSE of ddlab: toy training (lesson 4), text training (lesson 9),
+    ``nll_bound`` (lesson 6) and ``mdlm.mdlm_nll_bound`` (lesson 8) all call it, and
+    :func:`expected_dwdse` is its exact expectation on a toy. ``divergence(log_score, x_t, x0,
+    sigma_bar)`` replaces the per-token score entropy ``rm.score_entropy`` (lesson 3 trains the
+    l2 baseline DCSM through the same estimator). ``x0`` is a (B, d) batch; ``sigma_bar`` and
+    ``weight`` have shape (B,) (or broadcast to it). The result has the dtype of the log-score.
+    """
+    sb = torch.as_tensor(sigma_bar)
+    if x_t is None:
+        x_t = rm.sample_transition(x0, sb[..., None], generator=generator)
+    log_s = log_score_fn(x_t, sb)
+    per_token = rm.score_entropy if divergence is None else divergence
+    se = per_token(log_s, x_t, x0, sb[..., None].to(log_s.dtype))
+    return torch.as_tensor(weight).to(se.dtype) * se.sum(-1)
 
 
 def dcsm(log_score, x, x0, sigma_bar, rm) -> torch.Tensor:
