@@ -30,7 +30,8 @@ from . import (config, course, data, exact, likelihood, losses, mdlm, model, pat
 from ._checks import skip_value_checks
 from .data import load_corpus, text8_normalize
 from .model import DiffusionTransformer, ModelConfig
-from .exact import concrete_score, marginal, posterior, reverse_rate_matrix, tweedie_denoiser
+from .exact import (concrete_score, kl_divergence, marginal, posterior, reverse_rate_matrix,
+                    tweedie_denoiser)
 from .likelihood import exact_nll, nll_bound
 from .paths import gillespie, reverse_gillespie, reverse_kernel, reverse_ode, reverse_paths
 from .plotting import save_figure
@@ -45,6 +46,7 @@ __all__ = [
     "RateMatrix", "Uniform", "Absorbing", "sample_categorical",
     "LogLinear", "Geometric",
     "marginal", "concrete_score", "reverse_rate_matrix", "posterior", "tweedie_denoiser",
+    "kl_divergence",
     "gillespie", "reverse_kernel", "reverse_paths", "reverse_gillespie", "reverse_ode",
     "save_figure",
     "nll_bound", "exact_nll",

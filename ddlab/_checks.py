@@ -152,6 +152,61 @@ def check_shape(t: torch.Tensor, shape, name: str) -> None:
         raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {tuple(shape)}")
 
 
+
+def check_generator(Q, atol: float = 1e-8) -> torch.Tensor:
+    """Return Q as a float64 generator, checking it (lesson 1; ``RateMatrix`` calls this).
+
+    Square, finite, off-diagonals >= 0, and each column summing to zero within
+    ``atol * (1 + max|Q|)``: ``Q[y, x]`` is the rate x -> y, so the diagonal entry of a column
+    is minus the sum of its off-diagonals.
+    """
+    Q = as_float(Q, torch.float64)
+    if Q.dim() != 2 or Q.shape[0] != Q.shape[1]:
+        raise ValueError(f"Q must be a square (n, n) matrix, got shape {tuple(Q.shape)}")
+    n = Q.shape[0]
+    if n < 1:
+        raise ValueError(f"Q must have at least one state, got n = {n}")
+    if not torch.isfinite(Q).all():
+        raise ValueError("Q must be finite, got a NaN or infinite entry")
+    off = Q - torch.diag(torch.diagonal(Q))
+    if (off < 0).any():
+        y, x = (off < 0).nonzero()[0].tolist()
+        raise ValueError(f"Q[{y}, {x}] = {Q[y, x].item():.6g} is a negative off-diagonal rate; "
+                         f"rates between different states must be >= 0")
+    col = Q.sum(0)
+    tol = atol * (1.0 + Q.abs().max().item())
+    if (col.abs() > tol).any():
+        x = int(col.abs().argmax())
+        raise ValueError(f"column {x} of Q sums to {col[x].item():.6g}, expected 0 "
+                         f"(tolerance {tol:.1e}); Q[y, x] is the rate x -> y, so each "
+                         f"diagonal entry must be minus the sum of its column's off-diagonals")
+    return Q
+
+
+def check_n(n, least: int, what: str) -> int:
+    """An integer number of states >= ``least`` for the structured rate matrix ``what``."""
+    if isinstance(n, bool) or not isinstance(n, int) and not (hasattr(n, "__index__")):
+        raise ValueError(f"{what}(n) needs an integer number of states, got {n!r}")
+    n = int(n)
+    if n < least:
+        extra = " (the last state is MASK, so at least one real state and MASK)" if least == 2 else ""
+        raise ValueError(f"{what}(n) needs n >= {least}{extra}, got n = {n}")
+    return n
+
+
+def as_rate_matrix(rm):
+    """Accept a RateMatrix (or subclass) or anything a RateMatrix can be built from (a dense Q)."""
+    from .rate_matrices import RateMatrix   # rate_matrices imports this module
+    return rm if isinstance(rm, RateMatrix) else RateMatrix(rm)
+
+
+def check_p0(p0, n: int, name: str = "p0") -> torch.Tensor:
+    """A float64 distribution vector of shape (n,) over the states of one token."""
+    p0 = check_distribution(p0, n, name).to(torch.float64)
+    if p0.dim() != 1:
+        raise ValueError(f"{name} must be a vector of shape ({n},), got shape {tuple(p0.shape)}")
+    return p0
+
 def _first_bad(t: torch.Tensor, mask: torch.Tensor) -> str:
     idx = mask.nonzero()[0].tolist() if mask.dim() else []
     val = t[tuple(idx)].item() if idx else t.item()

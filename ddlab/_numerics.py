@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -22,6 +24,13 @@ def K(a: torch.Tensor) -> torch.Tensor:
     return torch.xlogy(a, a) - a
 
 
+def kl_terms(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Elementwise ``p log(p / q)``: 0 where p = 0, +inf where p > 0 = q (never NaN)."""
+    q = q.expand_as(p)
+    terms = torch.where(p > 0, p * (torch.log(p) - torch.log(q)), torch.zeros_like(p))
+    return torch.where((p > 0) & (q <= 0), torch.full_like(p, math.inf), terms)
+
+
 def kl_rows(q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     """``sum_j q[..., j] log(q[..., j] / p[..., j])`` over the last axis; inf where p = 0 < q."""
-    return (torch.xlogy(q, q) - torch.xlogy(q, p.expand_as(q))).sum(-1)
+    return kl_terms(q, p).sum(-1)

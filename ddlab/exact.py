@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import (as_float, as_tokens, broadcast, check_distribution, check_shape,
-                      check_sigma_bar)
-from .rate_matrices import RateMatrix
+from ._checks import (as_float, as_rate_matrix, as_tokens, broadcast, check_distribution,
+                      check_p0, check_shape, check_sigma_bar)
+from ._numerics import kl_terms
 
-
-def as_rate_matrix(rm) -> RateMatrix:
-    """Accept a RateMatrix (or subclass) or anything a RateMatrix can be built from."""
-    return rm if isinstance(rm, RateMatrix) else RateMatrix(rm)
+# The single policy for ratios at states of probability zero, used by every exact ratio in ddlab
+# (concrete_score here, the toy loss tables built on it, the sequence oracle exact_score_fn):
+# a ratio p(y) / p(x) with p(x) = 0 is undefined, so asking for it raises ValueError. The one
+# exception is a whole table whose rows at unreachable states carry zero weight (an expected loss
+# sums p_t(x) * row x): there ``off_support="one"`` fills those rows with 1, the ratio of a flat
+# distribution, which keeps every term finite and changes no weighted sum.
+OFF_SUPPORT = ("raise", "one")
 
 
 def marginal(rm, p0, sigma_bar) -> torch.Tensor:
@@ -25,32 +28,66 @@ def marginal(rm, p0, sigma_bar) -> torch.Tensor:
     ``p0`` has shape (n,); sigma_bar a scalar gives (n,), sigma_bar of shape (B,) gives (B, n).
     """
     rm = as_rate_matrix(rm)
-    p0 = check_distribution(p0, rm.n, "p0").to(torch.float64)
-    if p0.dim() != 1:
-        raise ValueError(f"p0 must be a vector of shape ({rm.n},), got shape {tuple(p0.shape)}")
+    p0 = check_p0(p0, rm.n)
     # exact: float64 even for a float32 sigma_bar (which would otherwise clash with p0's dtype)
     P = rm.transition(check_sigma_bar(sigma_bar).to(torch.float64))
     return P @ p0
 
 
-def concrete_score(p, x=None) -> torch.Tensor:
-    """The concrete score ``S[x, y] = p[y] / p[x]`` (lesson 2).
+def concrete_score(p, x=None, *, off_support: str = "raise") -> torch.Tensor:
+    """The concrete score ``S[..., x, y] = p[..., y] / p[..., x]`` (lesson 2).
 
-    With ``x=None`` the whole (n, n) matrix, which needs p > 0 everywhere; with ``x`` an integer
-    (or a tensor of states) just those rows. A ratio asked at a state of probability zero is
-    undefined and raises ValueError naming the state.
+    ``p`` is a distribution of shape (n,), or a stack (..., n) of them (one table each). With
+    ``x=None`` the whole (n, n) table; with ``x`` an integer (or a tensor of states) just those
+    rows, for a single p. A row at a state of probability zero is undefined: by default
+    ValueError names the state; ``off_support="one"`` fills such rows with 1 instead (see
+    ``OFF_SUPPORT`` in this module: for tables whose unreachable rows carry zero weight).
     """
+    if off_support not in OFF_SUPPORT:
+        raise ValueError(f"off_support must be one of {OFF_SUPPORT}, got {off_support!r}")
     p = check_distribution(p, None, "p").to(torch.float64)
-    if p.dim() != 1:
-        raise ValueError(f"p must be a vector, got shape {tuple(p.shape)}")
-    n = p.shape[0]
-    rows = torch.arange(n) if x is None else as_tokens(x, n, "x")
-    zero = p[rows] == 0
-    if zero.any():
-        bad = rows[zero].flatten()[0].item()
+    n = p.shape[-1]
+    if x is not None and p.dim() != 1:
+        raise ValueError(f"rows x= need a single distribution p of shape (n,), got shape "
+                         f"{tuple(p.shape)}")
+    if x is None:
+        num, den = p[..., None, :], p[..., :, None]                  # (..., x, y)
+    else:
+        rows = as_tokens(x, n, "x")
+        num, den = p, p[rows][..., None]
+    zero = den == 0
+    if off_support == "raise" and zero.any():
+        bad = (torch.arange(n).expand(p.shape)[..., :, None] if x is None else
+               rows[..., None])[zero].flatten()[0].item()
         hint = " (pass x= to ask only for rows at states with p > 0)" if x is None else ""
         raise ValueError(f"the concrete score at state {bad} is undefined: p[{bad}] = 0{hint}")
-    return p[None, :] / p[rows][..., None] if x is None else p / p[rows][..., None]
+    S = num / torch.where(zero, torch.ones_like(den), den)
+    S = torch.where(zero, torch.ones_like(S), S)
+    if not torch.isfinite(S).all():
+        # p[y] / p[x] overflows when p[x] is tiny but not zero (e.g. a subnormal 1e-310)
+        raise ValueError("the concrete score overflows: some p[x] > 0 is too small for the "
+                         "ratios p[y] / p[x] to be finite in float64")
+    return S
+
+
+def kl_divergence(p, q, dims: int | None = None) -> torch.Tensor:
+    """``KL(p || q) = sum p log(p / q)`` in nats over the last ``dims`` axes (all by default).
+
+    The one KL of ddlab (lessons 5-8: sampler laws against data). Terms with p = 0 count 0;
+    p > 0 where q = 0 gives +inf, the honest answer, never NaN. The result is clamped at 0,
+    so that rounding cannot print a negative divergence. A float64 tensor.
+    """
+    p, q = as_float(p, torch.float64), as_float(q, torch.float64)
+    if p.shape != q.shape:
+        raise ValueError(f"p has shape {tuple(p.shape)} but q has shape {tuple(q.shape)}")
+    for name, v in (("p", p), ("q", q)):
+        if (v < 0).any() or not torch.isfinite(v).all():
+            raise ValueError(f"{name} must be finite and non-negative")
+    dims = p.dim() if dims is None else dims
+    terms = kl_terms(p, q)
+    if not dims:
+        return terms
+    return terms.sum(dim=list(range(p.dim() - dims, p.dim()))).clamp_min(0)
 
 
 def reverse_rate_matrix(Q, p) -> torch.Tensor:
@@ -86,9 +123,7 @@ def posterior(rm, p0, sigma_bar) -> torch.Tensor:
     sums to one; columns at unreachable states (p_t[x] = 0) are zero.
     """
     rm = as_rate_matrix(rm)
-    p0 = check_distribution(p0, rm.n, "p0").to(torch.float64)
-    if p0.dim() != 1:
-        raise ValueError(f"p0 must be a vector of shape ({rm.n},), got shape {tuple(p0.shape)}")
+    p0 = check_p0(p0, rm.n)
     P = rm.transition(check_sigma_bar(sigma_bar).to(torch.float64))
     joint = P.transpose(-1, -2) * p0[:, None]            # joint[x0, x] = p0[x0] P[x, x0]
     pt = joint.sum(-2, keepdim=True)
@@ -115,4 +150,4 @@ def tweedie_denoiser(rm, sigma_bar, score, x) -> torch.Tensor:
 
 
 __all__ = ["marginal", "concrete_score", "reverse_rate_matrix", "posterior", "tweedie_denoiser",
-           "as_rate_matrix"]
+           "kl_divergence", "OFF_SUPPORT"]

@@ -53,14 +53,13 @@ import math
 
 import torch
 
-from ._checks import as_batch, as_float, as_tokens
+from ._checks import as_batch, as_float, as_rate_matrix, as_tokens
 from ._numerics import kl_rows, log_expm1
-from .exact import as_rate_matrix
+from .losses import LOG_FLOOR, dwdse, stratified_stderr, stratified_times
 from .rate_matrices import Absorbing
-from .sampling import _denoise_probs, all_sequences, check_scores
-from .sequences import product_marginal
+from .sampling import check_scores, denoise_probs
+from .sequences import all_sequences, product_marginal
 
-LOG_FLOOR = -50.0
 
 
 def _check_x0(x0, n):
@@ -95,11 +94,13 @@ def _log_scores(score_fn, rm, x_t, sb, sb_T):
     absorbing = isinstance(rm, Absorbing)
     sb_call = sb.clamp_max(sb_T) if absorbing else sb
     s = check_scores(score_fn(x_t, sb_call), x_t, rm.n)
-    log_s = torch.log(s).clamp_min(LOG_FLOOR)
+    # float64 whatever the network's dtype: the absorbing weight reaches ~1e300 at the high-noise
+    # end, where a float32 product would overflow
+    log_s = torch.log(s.to(torch.float64)).clamp_min(LOG_FLOOR)
     if absorbing:
         # every absorbing ratio out of MASK scales as 1 / (e^{sigma_bar} - 1): move it from
         # sb_call to sb (a no-op where sb <= sigma_bar(1))
-        shift = (log_expm1(sb_call) - log_expm1(sb)).to(log_s.dtype)             # (B,)
+        shift = log_expm1(sb_call) - log_expm1(sb)             # (B,)
         clean = torch.arange(rm.n, device=x_t.device) != rm.mask
         where = (x_t == rm.mask)[..., None] & clean
         log_s = log_s + torch.where(where, shift[:, None, None], torch.zeros_like(log_s))
@@ -138,9 +139,12 @@ def nll_bound(score_fn, x0, rm, schedule, num_t=64, *, generator=None, eps=1e-5,
     absorbing = isinstance(rm, Absorbing)
     w_lo = math.sqrt(-math.expm1(-sb_lo))
     values = torch.empty(num_t, B, **f64)
+    def log_score_fn(x_t, sb):
+        return _log_scores(score_fn, rm, x_t, sb, sb_T)
+
     for j in range(num_t):
-        u01 = torch.rand(1 if shared_t else B, generator=generator, **f64).expand(B)
-        frac = (j + u01) / num_t
+        frac = stratified_times(num_t, stratum=j, batch=1 if shared_t else B,
+                                generator=generator, device=device).expand(B)
         if absorbing:
             # u = 1 - e^{-sigma_bar}, the masking probability, drawn as u = w^2 with w
             # stratified on [sqrt(u_lo), 1): density 1 / (2 w (1 - sqrt(u_lo))). Uniform u would
@@ -154,10 +158,7 @@ def nll_bound(score_fn, x0, rm, schedule, num_t=64, *, generator=None, eps=1e-5,
             t = eps + (1 - eps) * frac
             sb = schedule.sigma_bar(t).to(**f64)
             weight = (1 - eps) * schedule.sigma(t).to(**f64)
-        x_t = rm.sample_transition(x0, sb[:, None], generator=generator)
-        log_s = _log_scores(score_fn, rm, x_t, sb, sb_T)
-        dse = rm.score_entropy(log_s, x_t, x0, sb[:, None].to(log_s.dtype)).sum(-1)
-        values[j] = weight * dse.to(torch.float64)
+        values[j] = dwdse(rm, log_score_fn, x0, sb, weight, generator=generator).to(torch.float64)
         if reconstruction:
             values[j] += _reconstruction(score_fn, rm, x0, sb_lo, generator)
     if not torch.isfinite(values).all():
@@ -168,7 +169,7 @@ def nll_bound(score_fn, x0, rm, schedule, num_t=64, *, generator=None, eps=1e-5,
         bound = bound + prior_kl(rm, x0, sb_T).to(**f64)
     if not return_stderr:
         return bound
-    return bound, _stratified_stderr(values)
+    return bound, stratified_stderr(values)
 
 
 def _reconstruction(score_fn, rm, x0, sb_lo, generator):
@@ -182,26 +183,10 @@ def _reconstruction(score_fn, rm, x0, sb_lo, generator):
     else:
         rows = torch.ones_like(out, dtype=torch.bool)
     if rows.any():
-        probs = _denoise_probs(score_fn, rm, x_eps[rows], sb_lo)
+        probs = denoise_probs(score_fn, rm, x_eps[rows], sb_lo)
         p_x0 = torch.gather(probs, -1, x0[rows][..., None])[..., 0]
         out[rows] = -torch.log(p_x0).clamp_min(LOG_FLOOR).sum(-1).to(torch.float64)
     return out
-
-
-def _stratified_stderr(values: torch.Tensor) -> torch.Tensor:
-    """Standard error of the mean of one draw per stratum, values of shape (num_t, B).
-
-    Adjacent strata are paired: E[(f_a - f_b)^2] >= Var f_a + Var f_b, so
-    ``sum_pairs (f_a - f_b)^2 / num_t^2`` is a (slightly conservative) estimate of the variance
-    of the stratified mean. With an odd num_t the plain i.i.d. formula is used.
-    """
-    N = values.shape[0]
-    if N < 2:
-        return torch.full(values.shape[1:], math.inf, dtype=values.dtype, device=values.device)
-    if N % 2:
-        return values.std(0) / math.sqrt(N)
-    diff = values[0::2] - values[1::2]
-    return (diff ** 2).sum(0).sqrt() / N
 
 
 def exact_nll(p0, x0) -> torch.Tensor:

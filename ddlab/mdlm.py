@@ -37,8 +37,9 @@ from __future__ import annotations
 import torch
 
 from ._checks import as_float, as_tokens, check_shape, check_sigma_bar, check_time
-from .likelihood import _stratified_stderr
-from .rate_matrices import Absorbing, _sample_categorical
+from ._numerics import log_expm1
+from .losses import LOG_FLOOR, dwdse, stratified_stderr, stratified_times
+from .rate_matrices import Absorbing, sample_categorical
 
 
 def _sigma_bar_of(sigma_bar, like: torch.Tensor) -> torch.Tensor:
@@ -134,7 +135,7 @@ def log_score_from_denoiser(log_probs, x_t, sigma_bar) -> torch.Tensor:
     x_t = _check_batch(x_t, n, "x_t")
     check_shape(log_probs, tuple(x_t.shape) + (n,), "log_probs")
     sb = _sigma_bar_of(sigma_bar, x_t).to(log_probs.dtype)
-    ls = log_probs - torch.log(torch.expm1(sb))[..., None]
+    ls = log_probs - log_expm1(sb)[..., None]
     ls = ls.clone()
     ls[..., n - 1] = 0.0
     masked = (x_t == n - 1)[..., None]
@@ -257,7 +258,7 @@ def mdlm_sample(denoiser_fn, schedule, batch: int, d: int, n: int, steps: int, *
         sb_t = sbs[k].expand(batch)
         probs = as_float(denoiser_fn(x, sb_t), torch.float64)
         step = mdlm_step_probs(probs, x, sb_t, sbs[k + 1])
-        x = _sample_categorical(step, generator)
+        x = sample_categorical(step, generator)
     return torch.where(pos, val, x)
 
 
@@ -287,6 +288,10 @@ def mdlm_nll_bound(denoiser_fn, x0, schedule, n: int, num_t: int = 64, *, t_min:
     the absorbing chain on n states (MASK = n - 1). MDLM treats t = 1 as all-MASK; LogLinear(eps)
     leaves a fraction eps unmasked there, so this omits a prior term of order d eps log n (and the
     slice [0, t_min], of order t_min). Returns (B,) nats (and the Monte Carlo standard error).
+
+    It is computed by the library's one DWDSE estimator, ``losses.dwdse``, with the denoiser
+    turned into a score by :func:`log_score_from_denoiser`: the module docstring shows the two
+    integrands are equal term by term, and tests hold this against :func:`mdlm_loss` directly.
     """
     rm = Absorbing(n)
     x0 = _check_batch(x0, n, "x0")
@@ -294,19 +299,25 @@ def mdlm_nll_bound(denoiser_fn, x0, schedule, n: int, num_t: int = 64, *, t_min:
         raise ValueError(f"num_t must be a positive integer, got {num_t!r}")
     if not 0 < t_min < 1:
         raise ValueError(f"t_min must lie in (0, 1), got {t_min!r}")
-    B = x0.shape[0]
-    u = torch.rand(num_t, B, generator=generator, dtype=torch.float64)
-    t = t_min + (1 - t_min) * (torch.arange(num_t, dtype=torch.float64)[:, None] + u) / num_t
-    terms = []
-    for k in range(num_t):
-        sb = schedule.sigma_bar(t[k]).to(torch.float64)
-        x_t = rm.sample_transition(x0, sb[:, None], generator=generator)
-        logp = torch.log(as_float(denoiser_fn(x_t, sb), torch.float64).clamp_min(0))
-        terms.append(mdlm_loss(logp, x_t, x0, mdlm_weight(schedule, t[k])) * (1 - t_min))
-    terms = torch.stack(terms)                              # (num_t, B)
+    t = stratified_times(num_t, t_min, batch=x0.shape[0], generator=generator)   # (num_t, B)
+
+    def log_score_fn(x_t, sb):
+        # the denoiser as a SEDD score (lesson 8): the DWDSE integrand is then MDLM's, term by term
+        log_p = torch.log(as_float(denoiser_fn(x_t, sb), torch.float64).clamp_min(0))
+        at_x0 = torch.gather(log_p, -1, x0[..., None])[..., 0]
+        if not torch.isfinite(at_x0[x_t == n - 1]).all():
+            raise ValueError("the denoiser gives probability 0 to a true token at a masked "
+                             "position: the cross-entropy is infinite")
+        # probability 0 at a wrong token is a ratio 0 whose target r_y is 0 too: its log is
+        # floored like nll_bound's (the loss changes by e^-50 r per such entry)
+        return log_score_from_denoiser(log_p.clamp_min(LOG_FLOOR), x_t, sb)
+
+    terms = torch.stack([dwdse(rm, log_score_fn, x0, schedule.sigma_bar(t[k]).to(torch.float64),
+                               schedule.sigma(t[k]) * (1 - t_min), generator=generator)
+                         for k in range(num_t)])                  # (num_t, B)
     est = terms.mean(0)
     if return_stderr:
-        return est, _stratified_stderr(terms)
+        return est, stratified_stderr(terms)
     return est
 
 

@@ -23,7 +23,7 @@ import torch
 
 from ._checks import as_float, as_tokens, check_distribution, check_sigma_bar, check_time
 from .exact import as_rate_matrix, marginal, posterior, reverse_rate_matrix
-from .rate_matrices import _sample_categorical
+from .rate_matrices import sample_categorical
 
 
 @dataclass
@@ -154,13 +154,13 @@ def reverse_paths(rm, p0, schedule, num_paths: int, times, generator=None) -> to
     K = sb.shape[0]
     out = torch.empty(num_paths, K, dtype=torch.long)
     p_T = marginal(rm, p0, sb[-1])
-    x = _sample_categorical(p_T.expand(num_paths, rm.n), generator)
+    x = sample_categorical(p_T.expand(num_paths, rm.n), generator)
     out[:, -1] = x
     # The marginals at the grid points, computed forward once: p_k = expm(sb_k Q) p0.
     p_grid = rm.transition(sb).to(torch.float64) @ p0                     # (K, n)
     for k in range(K - 2, -1, -1):
         kernel = posterior(rm, p_grid[k], sb[k + 1] - sb[k])               # kernel[y, x]
-        x = _sample_categorical(kernel[:, x].T, generator)
+        x = sample_categorical(kernel[:, x].T, generator)
         out[:, k] = x
     return out
 
@@ -198,7 +198,7 @@ def reverse_gillespie(rm, p0, schedule=None, t_start: float = 1.0, t_end: float 
     offdiag = Q - torch.diag(torch.diagonal(Q))
     def p_at(v: float) -> torch.Tensor:                   # p at sigma_bar = v, v >= 0 checked above
         return rm._transition(torch.tensor(v, dtype=torch.float64)) @ p0
-    x = int(_sample_categorical(p_at(tau), generator))
+    x = int(sample_categorical(p_at(tau), generator))
     jumps, states = [], [x]
     while tau > tau_end:
         rate_in = offdiag[x].max().item()                 # max_y Q[x, y]: rates into x forward
@@ -226,7 +226,7 @@ def reverse_gillespie(rm, p0, schedule=None, t_start: float = 1.0, t_end: float 
             total = rates.sum().item()
             tau = cand
             if u[1].item() * bound < total:               # accept: a jump of the reversed chain
-                x = int(_sample_categorical(rates / total, generator))
+                x = int(sample_categorical(rates / total, generator))
                 jumps.append(to_t(cand))
                 states.append(x)
                 break

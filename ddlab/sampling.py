@@ -40,11 +40,10 @@ import math
 
 import torch
 
-from ._checks import as_tokens, check_time
-from .exact import as_rate_matrix
-from .rate_matrices import Absorbing, _sample_categorical
+from ._checks import as_rate_matrix, as_tokens, check_time
+from .exact import kl_divergence
+from .rate_matrices import Absorbing, sample_categorical
 from .sequences import all_sequences, flat_strides
-from .sequences import kl_divergence as _kl_terms
 
 METHODS = ("euler", "tweedie", "exact")
 # exact_sampler_distribution holds an (n^d, n^d) matrix: refuse toys larger than this many states.
@@ -157,7 +156,7 @@ def _step_probs(score_fn, rm, x, sb_now, dsigma, method):
     return rm.tweedie_probs(x, s, ds)
 
 
-def _denoise_probs(score_fn, rm, x, sb_last):
+def denoise_probs(score_fn, rm, x, sb_last):
     """The final Tweedie step from sigma_bar(eps) to 0, MASK removed, (B, d, n)."""
     probs = _step_probs(score_fn, rm, x, sb_last, sb_last, "tweedie")
     if isinstance(rm, Absorbing):
@@ -203,7 +202,7 @@ def _exact_interval(score_fn, rm, x, sb_mid, dsigma, clamp, generator):
         active = active[jumps]
         remaining[active] -= hold[jumps]
         flat = rates[jumps].reshape(active.numel(), d * n)
-        pick = _sample_categorical(flat / flat.sum(-1, keepdim=True), generator)
+        pick = sample_categorical(flat / flat.sum(-1, keepdim=True), generator)
         x[active, pick // n] = pick % n
     return x
 
@@ -231,7 +230,7 @@ def sample(score_fn, rm, schedule, batch, d, steps, method="tweedie", *, x_T=Non
     clamp = _prepare_clamp(clamp, batch, d, rm.n, device)
     if x_T is None:
         base = _base_distribution(rm).to(device)
-        x = _sample_categorical(base.expand(batch, d, rm.n), generator)
+        x = sample_categorical(base.expand(batch, d, rm.n), generator)
     else:
         x = as_tokens(x_T, rm.n, "x_T").to(device)
         if tuple(x.shape) != (batch, d):
@@ -250,10 +249,10 @@ def sample(score_fn, rm, schedule, batch, d, steps, method="tweedie", *, x_T=Non
             x = _exact_interval(score_fn, rm, x, sb_mid[k].item(), dsigma, clamp, generator)
         else:
             probs = _step_probs(score_fn, rm, x, sb[k].item(), dsigma, method)
-            x = _sample_categorical(probs, generator)
+            x = sample_categorical(probs, generator)
         x = _apply_clamp(x, clamp)
     if denoise:
-        x = _sample_categorical(_denoise_probs(score_fn, rm, x, sb[-1].item()), generator)
+        x = sample_categorical(denoise_probs(score_fn, rm, x, sb[-1].item()), generator)
         x = _apply_clamp(x, clamp)
     return x
 
@@ -345,26 +344,10 @@ def exact_sampler_distribution(score_fn, rm, schedule, d, steps, method, *, clam
         law = law / law.sum()
     if denoise:
         support = law > 0
-        probs = pin(_denoise_probs(score_fn, rm, states[support], sb[-1].item()))
+        probs = pin(denoise_probs(score_fn, rm, states[support], sb[-1].item()))
         law = law[support] @ _kernel(probs.to(torch.float64), states)
         law = law / law.sum()
     return law.reshape((n,) * d)
-
-
-def kl_divergence(p, q) -> float:
-    """``KL(p || q) = sum p log(p / q)`` in nats over all entries, float (lesson 5).
-
-    ``inf`` when q = 0 somewhere p > 0; the sum skips entries with p = 0.
-    """
-    p = torch.as_tensor(p, dtype=torch.float64).reshape(-1)
-    q = torch.as_tensor(q, dtype=torch.float64).reshape(-1)
-    if p.shape != q.shape:
-        raise ValueError(f"p and q must have the same number of entries, got {p.numel()} "
-                         f"and {q.numel()}")
-    for name, v in (("p", p), ("q", q)):
-        if (v < 0).any() or not torch.isfinite(v).all():
-            raise ValueError(f"{name} must be finite and non-negative")
-    return float(_kl_terms(p, q).clamp_min(0))
 
 
 def kl_vs_steps(score_fn, rm, schedule, d, p_data, steps, methods=("euler", "tweedie"),
@@ -375,9 +358,8 @@ def kl_vs_steps(score_fn, rm, schedule, d, p_data, steps, methods=("euler", "twe
     Monte Carlo); ``kwargs`` (clamp, denoise, eps) are passed on to it.
     """
     with torch.no_grad():
-        return {m: [kl_divergence(p_data, exact_sampler_distribution(
-            score_fn, rm, schedule, d, k, m, **kwargs)) for k in steps] for m in methods}
+        return {m: [float(kl_divergence(p_data, exact_sampler_distribution(
+            score_fn, rm, schedule, d, k, m, **kwargs))) for k in steps] for m in methods}
 
 
-__all__ = ["METHODS", "check_scores", "sample", "exact_sampler_distribution", "time_grid", "kl_vs_steps",
-           "all_sequences", "kl_divergence"]
+__all__ = ["METHODS", "check_scores", "sample", "exact_sampler_distribution", "time_grid", "kl_vs_steps"]

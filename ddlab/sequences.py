@@ -27,8 +27,8 @@ import os
 
 import torch
 
-from ._checks import as_batch, as_float, as_tokens, check_sigma_bar
-from .exact import as_rate_matrix
+from ._checks import as_batch, as_float, as_rate_matrix, as_tokens, check_sigma_bar
+from .exact import kl_divergence
 from .rate_matrices import Absorbing
 
 # ------------------------------------------------------------------------- memory accounting
@@ -417,20 +417,6 @@ def factorised_reverse_kernel(score_fn, rm, sigma_bar, dsigma, x_t) -> torch.Ten
                      torch.float64)
     probs = rm.tweedie_probs(x_t, score, torch.tensor(ds, dtype=torch.float64))
     return product_of_marginals(probs)
-
-
-def kl_divergence(p, q, dims: int | None = None) -> torch.Tensor:
-    """``KL(p || q) = sum p log(p / q)`` over the last ``dims`` axes (all by default), in nats.
-
-    Terms with p = 0 count 0; p > 0 where q = 0 gives +inf (the honest answer, never NaN).
-    """
-    p, q = as_float(p, torch.float64), as_float(q, torch.float64)
-    if p.shape != q.shape:
-        raise ValueError(f"p has shape {tuple(p.shape)} but q has shape {tuple(q.shape)}")
-    dims = p.dim() if dims is None else dims
-    terms = torch.where(p > 0, p * (torch.log(p) - torch.log(q)), torch.zeros_like(p))
-    terms = torch.where((p > 0) & (q <= 0), torch.full_like(p, math.inf), terms)
-    return terms.sum(dim=list(range(p.dim() - dims, p.dim()))) if dims else terms
 
 
 def factorisation_kl(p0, rm, sigma_bar, dsigma, x_t=None) -> torch.Tensor:

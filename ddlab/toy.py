@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import math
 import time
+from functools import partial
 
 import torch
 from torch import nn
 
-from ._checks import as_float, as_tokens, check_distribution, check_sigma_bar
-from .exact import as_rate_matrix
-from .losses import dcsm, dwdse_floor, expected_dwdse
+from ._checks import as_float, as_rate_matrix, as_tokens, check_distribution, check_sigma_bar
+from .losses import dcsm, dwdse, dwdse_floor, expected_dwdse, stratified_times
 from .rate_matrices import Absorbing
 
 
@@ -242,7 +242,8 @@ def train_toy(model, rm, schedule, p0, steps: int, batch: int, lr: float, genera
         opt, lambda k: 0.1 + 0.45 * (1 + math.cos(math.pi * min(k, steps) / steps)))
     flat_p0 = p0.reshape(-1)
     strides = torch.tensor([rm.n ** (d - 1 - i) for i in range(d)])
-    dtype = model.dtype
+    # lesson 3's l2 baseline goes through the same estimator with DCSM in place of score entropy
+    divergence = None if loss == "dwdse" else partial(dcsm, rm)
     bar = tqdm(range(1, steps + 1), disable=not progress, desc=f"train {loss}", leave=False)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -251,16 +252,9 @@ def train_toy(model, rm, schedule, p0, steps: int, batch: int, lr: float, genera
         for step in bar:
             idx = torch.multinomial(flat_p0, batch, replacement=True, generator=generator)
             x0 = (idx[:, None] // strides) % rm.n                                   # (B, d)
-            u = torch.rand(batch, generator=generator, dtype=torch.float64)
-            t = t_min + (1 - t_min) * (torch.arange(batch, dtype=torch.float64) + u) / batch
-            sb = schedule.sigma_bar(t)
-            x_t = rm.sample_transition(x0, sb[:, None], generator=generator)
-            log_s = model.log_score(x_t, sb)
-            if loss == "dwdse":
-                per = rm.score_entropy(log_s, x_t, x0, sb[:, None].to(dtype))
-            else:
-                per = dcsm(log_s, x_t, x0, sb[:, None], rm)
-            value = (schedule.sigma(t).to(dtype) * per.sum(-1)).mean()
+            t = stratified_times(batch, t_min, generator=generator)
+            value = dwdse(rm, model.log_score, x0, schedule.sigma_bar(t), schedule.sigma(t),
+                          generator=generator, divergence=divergence).mean()
             opt.zero_grad(set_to_none=True)
             value.backward()
             opt.step()

@@ -229,7 +229,8 @@ def sampler_view(method: str = "euler", steps: int = 4, ax_bars=None, ax_kl=None
     Returns ``dict(method, steps, p0, law, kl, grid, curve, fig)``; ``curve[j]`` is the KL at
     ``grid[j]`` steps.
     """
-    from .sampling import exact_sampler_distribution, kl_divergence, kl_vs_steps
+    from .exact import kl_divergence
+    from .sampling import exact_sampler_distribution, kl_vs_steps
     from .sequences import exact_score_fn
     if method not in SAMPLER_METHODS:
         raise ValueError(f"method must be one of {SAMPLER_METHODS}, got {method!r}")
@@ -240,7 +241,7 @@ def sampler_view(method: str = "euler", steps: int = 4, ax_bars=None, ax_kl=None
     score_fn = exact_score_fn(p0, rm)
 
     law = exact_sampler_distribution(score_fn, rm, sched, 1, steps, method)
-    kl = kl_divergence(p0, law)
+    kl = float(kl_divergence(p0, law))
     curve = kl_vs_steps(score_fn, rm, sched, 1, p0, SAMPLER_GRID, [method])[method]
 
     fig, ax_bars, ax_kl = _axes_pair(ax_bars, ax_kl)

@@ -290,31 +290,32 @@ def test_dwdse_floor_uniform_against_scipy_quad(rng):
     assert abs(got - want) < 1e-7 * want
 
 
-def test_dwdse_per_token_by_hand(rng):
-    """dwdse per token = sigma(t) sum_{y != x} Q[x, y] (s_y - r_y log s_y + K(r_y)), with the
-    schedule written out and r_y from scipy's expm, one time per sequence."""
+def test_dwdse_per_sequence_by_hand(rng):
+    """dwdse per sequence = sigma(t) sum_i sum_{y != x_i} Q[x_i, y] (s_y - r_y log s_y + K(r_y)),
+    with the schedule written out and r_y from scipy's expm, one time per sequence, at a given x_t."""
     n, smin, smax = 5, 1e-3, 1.0
     rm, sch = ddlab.Uniform(n), ddlab.Geometric(smin, smax)
     x0 = torch.tensor([[0, 1], [2, 3]])
-    t = torch.tensor([[0.2], [0.7]], dtype=torch.float64)
+    t = torch.tensor([0.2, 0.7], dtype=torch.float64)
     x = torch.tensor([[0, 4], [1, 3]])
     L = torch.tensor(rng.normal(size=(2, 2, n)))
-    got = losses.dwdse(L, x, x0, t, sch, rm)
+    got = losses.dwdse(rm, lambda x_t, sb: L, x0, sch.sigma_bar(t), sch.sigma(t), x_t=x)
+    assert got.shape == (2,)
     Q = rm.Q.numpy()
     for b in range(2):
-        tb = t[b, 0].item()
+        tb = t[b].item()
         sb = smin ** (1 - tb) * smax ** tb
         sig = sb * math.log(smax / smin)
         P = expm(sb * Q)
+        want = 0.0
         for i in range(2):
             xi, ai = x[b, i].item(), x0[b, i].item()
-            want = 0.0
             for y in range(n):
                 if y == xi:
                     continue
                 s, r = math.exp(L[b, i, y].item()), P[y, ai] / P[xi, ai]
                 want += Q[xi, y] * (s - r * math.log(s) + r * math.log(r) - r)
-            assert got[b, i].item() == pytest.approx(sig * want, rel=1e-12)
+        assert got[b].item() == pytest.approx(sig * want, rel=1e-12)
 
 
 def test_dwdse_monte_carlo_matches_exact(rng):
@@ -330,8 +331,8 @@ def test_dwdse_monte_carlo_matches_exact(rng):
     B = 200_000
     x0 = torch.multinomial(torch.tensor(p0), B, replacement=True, generator=g)
     t = 1e-3 + (1 - 1e-3) * torch.rand(B, generator=g, dtype=torch.float64)
-    x = rm.sample_transition(x0, sch.sigma_bar(t), generator=g)
-    vals = (1 - 1e-3) * losses.dwdse(logS[x], x, x0, t, sch, rm)
+    vals = losses.dwdse(rm, fixed, x0[:, None], sch.sigma_bar(t), (1 - 1e-3) * sch.sigma(t),
+                        generator=g)
     mean, se = vals.mean().item(), vals.std().item() / math.sqrt(B)
     assert abs(mean - exact) < 4 * se, (mean, exact, se)
 

@@ -7,8 +7,9 @@ import scipy.stats
 import torch
 
 import ddlab
-from ddlab.sampling import (all_sequences, check_scores, exact_sampler_distribution,
-                            kl_divergence, sample, time_grid)
+from ddlab.exact import kl_divergence
+from ddlab.sampling import check_scores, exact_sampler_distribution, sample, time_grid
+from ddlab.sequences import all_sequences
 from tests.conftest import random_joint, toy_sequence_process, with_mask
 
 
