@@ -6,6 +6,8 @@ import math
 
 import torch
 
+LN2 = math.log(2.0)
+
 
 def log_expm1(x: torch.Tensor) -> torch.Tensor:
     """``log(e^x - 1)`` for x > 0 without overflow or cancellation.

@@ -31,8 +31,9 @@ import math
 import numpy as np
 import torch
 
-from ._checks import (as_float, as_rate_matrix, as_tokens, check_distribution, check_sigma_bar, check_time)
+from ._checks import as_float, as_rate_matrix, as_tokens, check_distribution, check_sigma_bar
 from ._numerics import K as _K
+from .exact import concrete_score, marginal
 
 KINDS = ("se", "ise", "dse", "csm", "dcsm")
 
@@ -75,35 +76,7 @@ def csm_term(s, r):
     return (s - r) ** 2
 
 
-# ---------------------------------------------------------------------- per-token losses
-def conditional_ratios(rm, x, x0, sigma_bar) -> torch.Tensor:
-    """``r_y = p(x_t = y | x0) / p(x_t = x | x0)`` per token, shape S + (n,) (lesson 3).
-
-    The target of the denoising losses. ``x`` must be reachable from ``x0``.
-    """
-    rm = as_rate_matrix(rm)
-    x = as_tokens(x, rm.n, "x")
-    x0 = as_tokens(x0, rm.n, "x0")
-    if x.shape != x0.shape:
-        raise ValueError(f"x has shape {tuple(x.shape)} but x0 has shape {tuple(x0.shape)}")
-    sb = check_sigma_bar(sigma_bar)
-    p = rm.transition_from(x0, torch.broadcast_to(sb.to(torch.float64), x0.shape))
-    px = torch.gather(p, -1, x[..., None])
-    if (px <= 0).any():
-        raise ValueError("some x cannot be reached from its x0 (p(x | x0) = 0); x should be a "
-                         "sample of rm.sample_transition(x0, sigma_bar)")
-    return p / px
-
-
-def dse(log_score, x, x0, sigma_bar, rm) -> torch.Tensor:
-    """Denoising score entropy per token, shape S: ``rm.score_entropy(log_score, x, x0, sigma_bar)``.
-
-    ``sum_{y != x} Q[x, y] (s_y - r_y log s_y + K(r_y))`` with ``s = exp(log_score)`` and
-    ``r_y = p(y | x0) / p(x | x0)`` (lesson 3). Follows the dtype of ``log_score``.
-    """
-    return as_rate_matrix(rm).score_entropy(log_score, x, x0, sigma_bar)
-
-
+# ----------------------------------------------------- the Monte Carlo DWDSE (toy and text)
 def stratified_times(num, t_min: float = 0.0, t_max: float = 1.0, *, batch=None,
                      stratum=None, shared_offset: bool = False, generator=None,
                      dtype=torch.float64, device=None) -> torch.Tensor:
@@ -177,11 +150,13 @@ def dwdse(rm, log_score_fn, x0, sigma_bar, weight, *, x_t=None, generator=None,
     return torch.as_tensor(weight).to(se.dtype) * se.sum(-1)
 
 
-def dcsm(log_score, x, x0, sigma_bar, rm) -> torch.Tensor:
+def dcsm(rm, log_score, x, x0, sigma_bar) -> torch.Tensor:
     """Denoising concrete score matching per token, shape S (lesson 3).
 
-    ``sum_{y != x} Q[x, y] (s_y - r_y)^2`` with ``s = exp(log_score)``. Its expectation equals the
-    CSM loss plus a constant, because ``E[r_y | x_t = x] = p_t(y) / p_t(x)``.
+    ``sum_{y != x} Q[x, y] (s_y - r_y)^2`` with ``s = exp(log_score)`` and the conditional ratios
+    ``r = rm.conditional_ratios(x, x0, sigma_bar)``. Its expectation equals the CSM loss plus a
+    constant, because ``E[r_y | x_t = x] = p_t(y) / p_t(x)``. The l2 counterpart of
+    ``rm.score_entropy`` (same arguments after ``rm``), for :func:`dwdse`'s ``divergence``.
     """
     rm = as_rate_matrix(rm)
     log_score = as_float(log_score)
@@ -189,7 +164,7 @@ def dcsm(log_score, x, x0, sigma_bar, rm) -> torch.Tensor:
     if tuple(log_score.shape) != tuple(x.shape) + (rm.n,):
         raise ValueError(f"log_score has shape {tuple(log_score.shape)}, expected "
                          f"{tuple(x.shape) + (rm.n,)}")
-    r = conditional_ratios(rm, x, x0, sigma_bar).to(log_score.dtype)
+    r = rm.conditional_ratios(x, x0, sigma_bar).to(log_score.dtype)
     w = rm.rates_into(x).to(log_score.dtype).scatter(-1, x[..., None], 0.0)
     return (w * (torch.exp(log_score) - r) ** 2).sum(-1)
 
@@ -198,16 +173,14 @@ def dcsm(log_score, x, x0, sigma_bar, rm) -> torch.Tensor:
 def true_score_table(rm, p0, sigma_bar) -> torch.Tensor:
     """The concrete score of p_t as a table ``S[x, y] = p_t(y) / p_t(x)``, float64 (lesson 3).
 
-    Shape (n, n) for a scalar sigma_bar, (T, n, n) for shape (T,). Rows at states with
-    ``p_t(x) = 0`` are never visited; they are set to 1 so the table stays finite.
+    ``ddlab.concrete_score`` of ``marginal(rm, p0, sigma_bar)``: shape (n, n) for a scalar
+    sigma_bar, (T, n, n) for shape (T,). Rows at states with ``p_t(x) = 0`` are never visited and
+    carry zero weight in every expected loss; they hold 1 (``off_support="one"``, the one policy
+    of ``ddlab.exact``).
     """
     rm = as_rate_matrix(rm)
-    p0 = _check_p0(p0, rm.n)
-    sb = _check_sb(sigma_bar)
-    pt = rm.transition(sb).to(torch.float64) @ p0
-    safe = torch.where(pt > 0, pt, torch.ones_like(pt))
-    S = pt[..., None, :] / safe[..., :, None]
-    return torch.where(pt[..., :, None] > 0, S, torch.ones_like(S))
+    return concrete_score(marginal(rm, _check_p0(p0, rm.n), _check_sb(sigma_bar)),
+                          off_support="one")
 
 
 def score_table(score, rm, sigma_bar, log: bool = False) -> torch.Tensor:
@@ -389,5 +362,5 @@ def _gauss_legendre(num_t, t_min, t_max):
 
 
 __all__ = ["KINDS", "K", "score_entropy_term", "neg_log_bregman", "csm_term",
-           "conditional_ratios", "dse", "dwdse", "dcsm", "true_score_table", "score_table",
+           "stratified_times", "stratified_stderr", "dwdse", "LOG_FLOOR", "dcsm", "true_score_table", "score_table",
            "expected_loss", "loss_floor", "loss_constants", "expected_dwdse", "dwdse_floor"]

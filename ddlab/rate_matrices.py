@@ -14,9 +14,13 @@ Two worlds use the same objects:
 
 The dense :class:`RateMatrix` implements the per-token methods with matrix exponentials; the
 structured :class:`Uniform` and :class:`Absorbing` override a handful of primitives with closed
-forms that cost O(n) per token and never build an n x n matrix. The loss and sampler steps
-(``score_entropy``, ``reverse_rates``, ``euler_probs``, ``tweedie_probs``) are written once, here,
-in terms of those primitives, so the fast paths and the dense path share one definition.
+forms that cost O(n) per token and never build an n x n matrix (the dense ``Q`` of a structured
+matrix is built once, at construction, for the toy views and for validation; per-token methods
+never touch it). The sampler steps (``reverse_rates``, ``euler_probs``, ``tweedie_probs``) are
+written once, here, in terms of those primitives, so the fast paths and the dense path share one
+definition. ``score_entropy`` is written once here too, on ``conditional_ratios``; both structured
+subclasses override it with a closed form, for speed only (a training step spends most of its
+loss time there), and the tests hold every override against this dense definition.
 
 Per-token primitives (``S`` is the shape of ``x``):
 
@@ -31,11 +35,12 @@ Per-token primitives (``S`` is the shape of ``x``):
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ._numerics import K as _K
-from ._checks import (as_float, as_tokens, broadcast, check_shape, check_sigma_bar,
-                      value_checks_enabled)
+from ._checks import (as_float, as_tokens, broadcast, check_generator, check_n, check_shape,
+                      check_sigma_bar, value_checks_enabled)
 
 
 class RateMatrix:
@@ -53,28 +58,8 @@ class RateMatrix:
     """
 
     def __init__(self, Q, atol: float = 1e-8):
-        Q = as_float(Q, torch.float64)
-        if Q.dim() != 2 or Q.shape[0] != Q.shape[1]:
-            raise ValueError(f"Q must be a square (n, n) matrix, got shape {tuple(Q.shape)}")
-        n = Q.shape[0]
-        if n < 1:
-            raise ValueError(f"Q must have at least one state, got n = {n}")
-        if not torch.isfinite(Q).all():
-            raise ValueError("Q must be finite, got a NaN or infinite entry")
-        off = Q - torch.diag(torch.diagonal(Q))
-        if (off < 0).any():
-            y, x = (off < 0).nonzero()[0].tolist()
-            raise ValueError(f"Q[{y}, {x}] = {Q[y, x].item():.6g} is a negative off-diagonal rate; "
-                             f"rates between different states must be >= 0")
-        col = Q.sum(0)
-        tol = atol * (1.0 + Q.abs().max().item())
-        if (col.abs() > tol).any():
-            x = int(col.abs().argmax())
-            raise ValueError(f"column {x} of Q sums to {col[x].item():.6g}, expected 0 "
-                             f"(tolerance {tol:.1e}); Q[y, x] is the rate x -> y, so each "
-                             f"diagonal entry must be minus the sum of its column's off-diagonals")
-        self._Q = Q
-        self.n = n
+        self._Q = check_generator(Q, atol)
+        self.n = self._Q.shape[0]
 
     # ------------------------------------------------------------------ dense views
     @property
@@ -128,16 +113,14 @@ class RateMatrix:
 
     def transition_from(self, x0, sigma_bar) -> torch.Tensor:
         """``P[:, x0]``: the law of x_t given x_0 = x0, shape S + (n,)."""
-        x0 = as_tokens(x0, self.n, "x0")
-        sb = broadcast(check_sigma_bar(sigma_bar), x0.shape, "sigma_bar", device=x0.device)
+        x0, sb = self._tokens_and_noise(x0, sigma_bar, "x0")
         P = self._per_token_P(sb)
         out = torch.take_along_dim(P, x0[..., None, None].expand(*x0.shape, self.n, 1), -1)[..., 0]
         return out.to(sb.dtype)
 
     def transition_to(self, x, sigma_bar) -> torch.Tensor:
         """``P[x, :]``: p(x_t = x | x_0 = y) as a function of y, shape S + (n,)."""
-        x = as_tokens(x, self.n, "x")
-        sb = broadcast(check_sigma_bar(sigma_bar), x.shape, "sigma_bar", device=x.device)
+        x, sb = self._tokens_and_noise(x, sigma_bar)
         P = self._per_token_P(sb)
         out = torch.take_along_dim(P, x[..., None, None].expand(*x.shape, 1, self.n), -2)[..., 0, :]
         return out.to(sb.dtype)
@@ -159,7 +142,7 @@ class RateMatrix:
     def sample_transition(self, x0, sigma_bar, generator=None) -> torch.Tensor:
         """Draw x_t ~ p(x_t | x_0 = x0) for every token, shape S (lesson 1)."""
         probs = self.transition_from(x0, sigma_bar)
-        return _sample_categorical(probs, generator)
+        return sample_categorical(probs, generator)
 
     # --------------------------------------------------- losses and reverse steps
     def score_entropy(self, log_score, x, x0, sigma_bar) -> torch.Tensor:
@@ -171,16 +154,28 @@ class RateMatrix:
         The result has the dtype of ``log_score``.
         """
         log_score, x, x0, sb = self._loss_inputs(log_score, x, x0, sigma_bar)
-        p = self.transition_from(x0, sb.to(torch.float64) if sb.dtype != torch.float64 else sb)
-        px = torch.gather(p, -1, x[..., None])
-        if (px <= 0).any():
-            raise ValueError("some x_t cannot be reached from its x0 (p(x_t | x0) = 0); "
-                             "x_t should be a sample of sample_transition(x0, sigma_bar)")
-        r = (p / px).to(log_score.dtype)
+        r = self.conditional_ratios(x, x0, sb).to(log_score.dtype)
         w = self.rates_into(x).to(log_score.dtype)
         w = w.scatter(-1, x[..., None], 0.0)        # the sum runs over y != x
         terms = torch.exp(log_score) - r * log_score + _K(r)
         return (w * torch.where(w > 0, terms, torch.zeros_like(terms))).sum(-1)
+
+    def conditional_ratios(self, x, x0, sigma_bar) -> torch.Tensor:
+        """``r_y = p(x_t = y | x0) / p(x_t = x | x0)`` per token, S + (n,), float64 (lesson 3).
+
+        The target of every denoising loss: score entropy, DSE and DCSM. ``x`` must be reachable
+        from ``x0`` (p(x | x0) > 0), as a draw of ``sample_transition(x0, sigma_bar)`` is.
+        """
+        x, sb = self._tokens_and_noise(x, sigma_bar)
+        x0 = as_tokens(x0, self.n, "x0")
+        if x.shape != x0.shape:
+            raise ValueError(f"x has shape {tuple(x.shape)} but x0 has shape {tuple(x0.shape)}")
+        p = self.transition_from(x0, sb.to(torch.float64))
+        px = torch.gather(p, -1, x[..., None])
+        if (px <= 0).any():
+            raise ValueError("some x cannot be reached from its x0 (p(x | x0) = 0); x should be a "
+                             "sample of rm.sample_transition(x0, sigma_bar)")
+        return p / px
 
     def reverse_rates(self, x, score) -> torch.Tensor:
         """Reverse rates out of x, shape S + (n,) (lesson 2).
@@ -228,6 +223,12 @@ class RateMatrix:
         return self.apply_inverse_transition(score, ds)
 
     # ------------------------------------------------------------------ helpers
+    def _tokens_and_noise(self, x, sigma_bar, name: str = "x", noise: str = "sigma_bar"):
+        """Token ids checked against n, and a noise level checked and broadcast to their shape."""
+        x = as_tokens(x, self.n, name)
+        sb = broadcast(check_sigma_bar(sigma_bar, noise), x.shape, noise, device=x.device)
+        return x, sb
+
     def _check_vectors(self, v, name: str) -> torch.Tensor:
         """Per-token vectors (scores, v): float, last axis of size n, finite."""
         v = as_float(v)
@@ -266,20 +267,9 @@ class Uniform(RateMatrix):
     """
 
     def __init__(self, n: int):
-        n = _check_n(n, 1, "Uniform")
-        self.n = n
-        self._Q_cache = None
-
-    @property
-    def Q(self) -> torch.Tensor:
-        if self._Q_cache is None:
-            self._Q_cache = torch.ones(self.n, self.n, dtype=torch.float64) - self.n * torch.eye(
-                self.n, dtype=torch.float64)
-        return self._Q_cache
-
-    @property
-    def _Q(self):
-        return self.Q
+        n = check_n(n, 1, "Uniform")
+        super().__init__(torch.ones(n, n, dtype=torch.float64)
+                         - n * torch.eye(n, dtype=torch.float64))
 
     def _coefs(self, sb):
         """(a, b) with P[y, x] = a + b [y == x], computed without cancellation."""
@@ -296,8 +286,7 @@ class Uniform(RateMatrix):
         return torch.full((self.n,), 1.0 / self.n, dtype=torch.float64)
 
     def transition_from(self, x0, sigma_bar):
-        x0 = as_tokens(x0, self.n, "x0")
-        sb = broadcast(check_sigma_bar(sigma_bar), x0.shape, "sigma_bar", device=x0.device)
+        x0, sb = self._tokens_and_noise(x0, sigma_bar, "x0")
         a, b = self._coefs(sb)
         out = a[..., None].expand(*x0.shape, self.n).clone()
         # in place: the out-of-place scatter_add copies the S x n output, ~40x slower at n = 27
@@ -326,8 +315,7 @@ class Uniform(RateMatrix):
         return score - (-torch.expm1(-self.n * ds) / self.n)[..., None] * score.sum(-1, keepdim=True)
 
     def sample_transition(self, x0, sigma_bar, generator=None):
-        x0 = as_tokens(x0, self.n, "x0")
-        sb = broadcast(check_sigma_bar(sigma_bar), x0.shape, "sigma_bar", device=x0.device)
+        x0, sb = self._tokens_and_noise(x0, sigma_bar, "x0")
         move = -torch.expm1(-self.n * sb)             # probability of a fresh uniform draw
         u = torch.rand(x0.shape, generator=generator, dtype=torch.float64, device=x0.device)
         fresh = torch.randint(0, self.n, x0.shape, generator=generator, device=x0.device)
@@ -339,17 +327,17 @@ class Uniform(RateMatrix):
         sb = sb.to(log_score.dtype)
         # r for the clean token when x != x0: p(x0|x0)/p(x|x0) = 1 + n / (e^{n sb} - 1); other y: 1.
         # When x == x0 every y != x has r = 1 / that same number.
-        big = 1.0 + n / torch.expm1(n * sb)
+        r_clean = 1.0 + n / torch.expm1(n * sb)
         moved = x != x0
         s = torch.exp(log_score)
         ls_x = torch.gather(log_score, -1, x[..., None])[..., 0]
         s_sum = s.sum(-1) - torch.exp(ls_x)
         ls_sum = log_score.sum(-1) - ls_x
         ls_x0 = torch.gather(log_score, -1, x0[..., None])[..., 0]
-        # x != x0: sum_y s_y - sum_{y != x} log s_y - (big - 1) log s_x0 + K(big) - (n - 2)
-        loss_moved = s_sum - ls_sum - (big - 1) * ls_x0 + _K(big) - (n - 2)
-        # x == x0: sum_y s_y - r sum_y log s_y + (n - 1) K(r) with r = 1 / big
-        r = 1.0 / big
+        # x != x0: sum_y s_y - sum_{y != x} log s_y - (r_clean - 1) log s_x0 + K(r_clean) - (n - 2)
+        loss_moved = s_sum - ls_sum - (r_clean - 1) * ls_x0 + _K(r_clean) - (n - 2)
+        # x == x0: sum_y s_y - r sum_y log s_y + (n - 1) K(r) with r = 1 / r_clean
+        r = 1.0 / r_clean
         loss_kept = s_sum - r * ls_sum + (n - 1) * _K(r)
         return torch.where(moved, loss_moved, loss_kept)
 
@@ -362,22 +350,11 @@ class Absorbing(RateMatrix):
     """
 
     def __init__(self, n: int):
-        n = _check_n(n, 2, "Absorbing")
-        self.n = n
+        n = check_n(n, 2, "Absorbing")
+        Q = -torch.eye(n, dtype=torch.float64)
+        Q[n - 1, :] += 1.0
+        super().__init__(Q)
         self.mask = n - 1
-        self._Q_cache = None
-
-    @property
-    def Q(self) -> torch.Tensor:
-        if self._Q_cache is None:
-            Q = -torch.eye(self.n, dtype=torch.float64)
-            Q[self.mask, :] += 1.0
-            self._Q_cache = Q
-        return self._Q_cache
-
-    @property
-    def _Q(self):
-        return self.Q
 
     def _transition(self, sb):
         keep = torch.exp(-sb)
@@ -392,8 +369,7 @@ class Absorbing(RateMatrix):
         return pi
 
     def transition_from(self, x0, sigma_bar):
-        x0 = as_tokens(x0, self.n, "x0")
-        sb = broadcast(check_sigma_bar(sigma_bar), x0.shape, "sigma_bar", device=x0.device)
+        x0, sb = self._tokens_and_noise(x0, sigma_bar, "x0")
         is_mask = x0 == self.mask
         keep = torch.where(is_mask, torch.ones_like(sb), torch.exp(-sb))
         # 1 - e^{-sb} via expm1: at sigma_bar ~ 1e-8, 1 - exp(.) loses half the digits
@@ -404,8 +380,7 @@ class Absorbing(RateMatrix):
         return out
 
     def transition_to(self, x, sigma_bar):
-        x = as_tokens(x, self.n, "x")
-        sb = broadcast(check_sigma_bar(sigma_bar), x.shape, "sigma_bar", device=x.device)
+        x, sb = self._tokens_and_noise(x, sigma_bar)
         is_mask = (x == self.mask)[..., None]
         masked_row = (-torch.expm1(-sb))[..., None].expand(*x.shape, self.n).clone()
         masked_row[..., self.mask] = 1.0
@@ -439,8 +414,7 @@ class Absorbing(RateMatrix):
         return out
 
     def sample_transition(self, x0, sigma_bar, generator=None):
-        x0 = as_tokens(x0, self.n, "x0")
-        sb = broadcast(check_sigma_bar(sigma_bar), x0.shape, "sigma_bar", device=x0.device)
+        x0, sb = self._tokens_and_noise(x0, sigma_bar, "x0")
         u = torch.rand(x0.shape, generator=generator, dtype=torch.float64, device=x0.device)
         masked = u < (-torch.expm1(-sb)).to(torch.float64)
         return torch.where(masked, torch.full_like(x0, self.mask), x0)
@@ -464,16 +438,6 @@ class Absorbing(RateMatrix):
 
 
 # ---------------------------------------------------------------------- utilities
-def _check_n(n, least: int, what: str) -> int:
-    if isinstance(n, bool) or not isinstance(n, int) and not (hasattr(n, "__index__")):
-        raise ValueError(f"{what}(n) needs an integer number of states, got {n!r}")
-    n = int(n)
-    if n < least:
-        extra = " (the last state is MASK, so at least one real state and MASK)" if least == 2 else ""
-        raise ValueError(f"{what}(n) needs n >= {least}{extra}, got n = {n}")
-    return n
-
-
 def _normalise(probs: torch.Tensor) -> torch.Tensor:
     total = probs.sum(-1, keepdim=True)
     bad = ~(torch.isfinite(total) & (total > 0))
@@ -491,21 +455,29 @@ def _expand_step(dsigma, like: torch.Tensor) -> torch.Tensor:
     return broadcast(ds, like.shape[:-1], "dsigma", device=like.device)[..., None]
 
 
-def _sample_categorical(probs: torch.Tensor, generator=None) -> torch.Tensor:
-    """Inverse-CDF draw from the last axis of `probs` (rows sum to one)."""
+def sample_categorical(probs, generator=None) -> torch.Tensor:
+    """Draw one state per row of ``probs`` (shape S + (n,), rows non-negative). Lesson 1.
+
+    Rows need not be normalised, but must be finite, non-negative and have a positive sum (a row
+    of zeros is no distribution, and no state is drawn from it). The draw is by inverse CDF in the
+    dtype of ``probs``; inside ``skip_value_checks()`` the value checks are skipped.
+    """
+    if not isinstance(probs, torch.Tensor) and np.ndim(probs) == 0:
+        raise ValueError(f"probs must be an array of probabilities with a last axis over the "
+                         f"states, got the scalar {probs!r}")
+    probs = as_float(probs)
+    if probs.dim() == 0:
+        raise ValueError(f"probs must have a last axis over the states, got a 0-d tensor")
+    if value_checks_enabled():
+        if (probs < 0).any() or not torch.isfinite(probs).all():
+            raise ValueError("probs must be finite and non-negative")
+        if (probs.sum(-1) <= 0).any():
+            raise ValueError("probs has a row that sums to 0: no state can be drawn from it")
     u = torch.rand(probs.shape[:-1] + (1,), generator=generator, dtype=probs.dtype,
                    device=probs.device)
     cdf = probs.cumsum(-1)
     idx = torch.searchsorted(cdf, u * cdf[..., -1:], right=True)[..., 0]
     return idx.clamp_max(probs.shape[-1] - 1)
-
-
-def sample_categorical(probs, generator=None) -> torch.Tensor:
-    """Draw one state per row of ``probs`` (shape S + (n,), rows non-negative). Lesson 1."""
-    probs = as_float(probs)
-    if (probs < 0).any() or not torch.isfinite(probs).all():
-        raise ValueError("probs must be finite and non-negative")
-    return _sample_categorical(probs, generator)
 
 
 __all__ = ["RateMatrix", "Uniform", "Absorbing", "sample_categorical"]

@@ -33,7 +33,9 @@ from functools import partial
 import torch
 from torch import nn
 
-from ._checks import as_float, as_rate_matrix, as_tokens, check_distribution, check_sigma_bar
+from ._checks import (as_float, as_rate_matrix, as_tokens, check_distribution,
+                      check_sigma_bar)
+from ._numerics import log_expm1
 from .losses import dcsm, dwdse, dwdse_floor, expected_dwdse, stratified_times
 from .rate_matrices import Absorbing
 
@@ -51,7 +53,7 @@ def baseline_log_score(rm, x_t, sigma_bar) -> torch.Tensor:
     out = torch.zeros(*x_t.shape, rm.n, dtype=sb.dtype)
     if isinstance(rm, Absorbing):
         sb = torch.broadcast_to(sb, x_t.shape)
-        masked_value = -torch.log(torch.expm1(sb)) - math.log(rm.n - 1)
+        masked_value = -log_expm1(sb) - math.log(rm.n - 1)
         out = torch.where((x_t == rm.mask)[..., None], masked_value[..., None], out)
     return out
 

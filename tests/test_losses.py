@@ -184,7 +184,7 @@ def test_dse_gradient_zero_at_conditional_ratio(rng):
     for rm in (ddlab.Uniform(n), ddlab.Absorbing(n), ddlab.RateMatrix(random_generator(n, rng))):
         x0 = torch.tensor([0, 2])
         x = torch.tensor([n - 1, 2])
-        r = losses.conditional_ratios(rm, x, x0, sb)
+        r = rm.conditional_ratios(x, x0, sb)
         # r_y = 0 (absorbing: a masked token never came from another clean y) has its optimum
         # at log s = -inf; keep those entries finite and check only where r > 0
         L = torch.where(r > 0, torch.log(r), torch.zeros_like(r))
@@ -344,7 +344,7 @@ def test_dcsm_per_token_averages_to_expected(rng):
     L = torch.tensor(rng.normal(size=(n, n)))
     P = torch.tensor(expm(sb * rm.Q.numpy()))
     x0, x = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
-    per = losses.dcsm(L[x.reshape(-1)], x.reshape(-1), x0.reshape(-1), sb, rm)
+    per = losses.dcsm(rm, L[x.reshape(-1)], x.reshape(-1), x0.reshape(-1), sb)
     want = (torch.tensor(p0)[x0.reshape(-1)] * P[x.reshape(-1), x0.reshape(-1)] * per).sum()
     assert abs(losses.expected_loss("dcsm", L, rm, p0, sb, log=True).item() - want.item()) < 1e-11
 
@@ -365,6 +365,6 @@ def test_errors_name_the_problem():
     with pytest.raises(ValueError, match="sum to 1"):
         losses.expected_loss("dse", S, rm, [0.5, 0.5, 0.5], 0.5)
     with pytest.raises(ValueError, match="cannot be reached"):
-        losses.conditional_ratios(ddlab.Absorbing(3), torch.tensor([1]), torch.tensor([0]), 0.5)
+        ddlab.Absorbing(3).conditional_ratios(torch.tensor([1]), torch.tensor([0]), 0.5)
     with pytest.raises(ValueError, match="num_t"):
         losses.dwdse_floor(rm, ddlab.LogLinear(), p0, num_t=0)
