@@ -17,24 +17,24 @@ sequence.
 Three things decide how tight it is, and each is documented and measured in lesson 6:
 
 * **Monte Carlo.** t is *stratified*: stratum j of ``num_t`` gets ``t = (j + U_j) / num_t``
-  (rescaled to [eps, 1]), and x_t one draw per t. The standard error comes from differences of
+  (rescaled to [t_min, 1]), and x_t one draw per t. The standard error comes from differences of
   adjacent strata (slightly conservative).
-* **eps.** The integral starts at ``t = eps``, not 0. With the exact score the right-hand side
-  of (1) then equals ``KL(p(x_eps | x0) || p_eps)`` (plus the prior mismatch below), which tends
-  to ``-log p0(x0)`` as ``sigma_bar(eps) -> 0``; :func:`bound_limit` computes it exactly on a
-  toy. (Under LogLinear, ``sigma_bar(eps) ~ eps`` and the gap is O(d eps); under Geometric,
-  ``sigma_bar(0) = sigma_min > 0`` and the gap stays O(d n sigma_min) even at eps = 0.) The gap
-  can go either way: averaged over x0 ~ p0 the eps-limit is the mutual information
-  ``I(x0; x_eps) <= H(p0)``, so without more the "bound" may dip below the true NLL by
-  ``H(x0 | x_eps)``. ``reconstruction=True`` adds the missing term
-  ``E[-log D(x0 | x_eps)]`` of the final denoising step and makes (1) a true bound at any eps.
+* **t_min.** The integral starts at ``t = t_min``, not 0. With the exact score the right-hand side
+  of (1) then equals ``KL(p(x_{t_min} | x0) || p_{t_min})`` (plus the prior mismatch below), which tends
+  to ``-log p0(x0)`` as ``sigma_bar(t_min) -> 0``; :func:`bound_limit` computes it exactly on a
+  toy. (Under LogLinear, ``sigma_bar(t_min) ~ t_min`` and the gap is O(d t_min); under Geometric,
+  ``sigma_bar(0) = sigma_min > 0`` and the gap stays O(d n sigma_min) even at t_min = 0.) The gap
+  can go either way: averaged over x0 ~ p0 the t_min-limit is the mutual information
+  ``I(x0; x_{t_min}) <= H(p0)``, so without more the "bound" may dip below the true NLL by
+  ``H(x0 | x_{t_min})``. ``reconstruction=True`` adds the missing term
+  ``E[-log D(x0 | x_{t_min})]`` of the final denoising step and makes (1) a true bound at any t_min.
 * **The prior.** For :class:`Uniform` and any general rate matrix, ``p_base`` is the
   stationary law per token and the prior term is ``sum_i KL(P[:, x0_i] at sigma_bar(1) || pi)``,
   computed in closed form. For :class:`Absorbing`, ``p_base`` is all-MASK, and the KL to it is
   *infinite* whenever ``sigma_bar(1) < inf`` (LogLinear(eps) leaves each token unmasked with
   probability eps at t = 1). We therefore continue the forward process to ``sigma_bar = inf``,
   where it *is* all-MASK, so the prior term is exactly 0, and integrate the DWDSE over
-  ``[sigma_bar(eps), inf)`` in the masking probability ``u = 1 - e^{-sigma_bar}``
+  ``[sigma_bar(t_min), inf)`` in the masking probability ``u = 1 - e^{-sigma_bar}``
   (``d sigma_bar = du / (1 - u)``; u is t for LogLinear(0)), drawn as ``u = w^2`` with w
   stratified, which tames the variance of the low-noise end where few tokens are masked. Beyond
   ``sigma_bar(1)`` the score is evaluated at ``sigma_bar(1)`` and rescaled by the exact time
@@ -66,9 +66,10 @@ def _check_x0(x0, n):
     return as_batch(x0, n, "x0")
 
 
-def _check_eps(eps):
-    if not (isinstance(eps, (int, float)) and 0 < eps < 1):
-        raise ValueError(f"eps must lie in (0, 1) (the smallest time of the integral), got {eps!r}")
+def _check_t_min(t_min):
+    if not (isinstance(t_min, (int, float)) and 0 < t_min < 1):
+        raise ValueError(f"t_min must lie in (0, 1) (the smallest time of the integral), "
+                         f"got {t_min!r}")
 
 
 def prior_kl(rm, x0, sigma_bar_T) -> torch.Tensor:
@@ -107,22 +108,22 @@ def _log_scores(score_fn, rm, x_t, sb, sb_T):
     return log_s
 
 
-def nll_bound(score_fn, x0, rm, schedule, num_t=64, *, generator=None, eps=1e-5,
+def nll_bound(score_fn, x0, rm, schedule, num_t=64, *, generator=None, t_min=1e-5,
               return_stderr=False, shared_t=False, reconstruction=False):
     """Upper bound on ``-log p_theta(x0)`` in nats, one per sequence: DWDSE + prior (lesson 6).
 
     ``x0`` is a (B, d) int64 batch; ``score_fn(x_t, sigma_bar) -> (B, d, n)`` ratios (an oracle
-    or a network). The integral over t in [eps, 1] is estimated with ``num_t`` stratified times
+    or a network). The integral over t in [t_min, 1] is estimated with ``num_t`` stratified times
     per sequence, each with one draw of x_t; for Absorbing it runs on to sigma_bar = inf and the
     prior term is 0, otherwise the prior is ``prior_kl`` (module docstring). Batched over
     sequences and positions (one score_fn call of batch B per stratum) and on ``x0.device``.
     ``shared_t=True`` uses the same stratified time for every sequence of a stratum (x_t still
     drawn independently): each sequence's estimate stays unbiased, and an exact oracle, which
     computes one marginal per distinct sigma_bar, runs B times faster; errors are then correlated
-    across the batch. ``reconstruction=True`` adds the term that closes the eps gap,
-    ``E_{x_eps ~ p(.|x0)} [-sum_i log D_i(x0_i | x_eps)]`` with D the final Tweedie denoising
+    across the batch. ``reconstruction=True`` adds the term that closes the t_min gap,
+    ``E_{x_{t_min} ~ p(.|x0)} [-sum_i log D_i(x0_i | x_{t_min})]`` with D the final Tweedie denoising
     step of ``ddlab.sampling.sample`` (one more draw per stratum): the result is then a true
-    upper bound on ``-log`` of the law of the model *with* its denoising step, at any eps.
+    upper bound on ``-log`` of the law of the model *with* its denoising step, at any t_min.
     Returns a float64 tensor (B,), and with ``return_stderr`` also its Monte Carlo standard
     error (B,).
     """
@@ -130,11 +131,11 @@ def nll_bound(score_fn, x0, rm, schedule, num_t=64, *, generator=None, eps=1e-5,
     x0 = _check_x0(x0, rm.n)
     if isinstance(num_t, bool) or not isinstance(num_t, int) or num_t < 1:
         raise ValueError(f"num_t must be a positive integer, got {num_t!r}")
-    _check_eps(eps)
+    _check_t_min(t_min)
     device = x0.device
     B = x0.shape[0]
     f64 = dict(dtype=torch.float64, device=device)
-    sb_lo = float(schedule.sigma_bar(eps))
+    sb_lo = float(schedule.sigma_bar(t_min))
     sb_T = float(schedule.sigma_bar(1.0))
     absorbing = isinstance(rm, Absorbing)
     w_lo = math.sqrt(-math.expm1(-sb_lo))
@@ -148,22 +149,22 @@ def nll_bound(score_fn, x0, rm, schedule, num_t=64, *, generator=None, eps=1e-5,
         if absorbing:
             # u = 1 - e^{-sigma_bar}, the masking probability, drawn as u = w^2 with w
             # stratified on [sqrt(u_lo), 1): density 1 / (2 w (1 - sqrt(u_lo))). Uniform u would
-            # give the low-noise end (few masks, weight 1/u) a variance growing like log(1/eps).
+            # give the low-noise end (few masks, weight 1/u) a variance growing like log(1/t_min).
             one_minus_w = (1 - w_lo) * (1 - frac)
             w = 1 - one_minus_w
             v = (one_minus_w * (1 + w)).clamp_min(1e-300)              # 1 - u, without cancellation
             sb = -torch.log(v)
             weight = 2 * w * (1 - w_lo) / v                             # (d sigma_bar / du) / density
         else:
-            t = eps + (1 - eps) * frac
+            t = t_min + (1 - t_min) * frac
             sb = schedule.sigma_bar(t).to(**f64)
-            weight = (1 - eps) * schedule.sigma(t).to(**f64)
+            weight = (1 - t_min) * schedule.sigma(t).to(**f64)
         values[j] = dwdse(rm, log_score_fn, x0, sb, weight, generator=generator).to(torch.float64)
         if reconstruction:
             values[j] += _reconstruction(score_fn, rm, x0, sb_lo, generator)
     if not torch.isfinite(values).all():
         raise ValueError("the score entropy came out infinite or NaN; check the score function "
-                         "and that the schedule's sigma is finite on [eps, 1]")
+                         "and that the schedule's sigma is finite on [t_min, 1]")
     bound = values.mean(0)
     if not absorbing:
         bound = bound + prior_kl(rm, x0, sb_T).to(**f64)
@@ -173,7 +174,7 @@ def nll_bound(score_fn, x0, rm, schedule, num_t=64, *, generator=None, eps=1e-5,
 
 
 def _reconstruction(score_fn, rm, x0, sb_lo, generator):
-    """One draw of ``-sum_i log D_i(x0_i | x_eps)``, x_eps ~ p(.|x0) at sigma_bar(eps), (B,)."""
+    """One draw of ``-sum_i log D_i(x0_i | x_{t_min})``, x_{t_min} ~ p(.|x0) at sigma_bar(t_min), (B,)."""
     sb = torch.tensor(sb_lo, dtype=torch.float64, device=x0.device)
     x_eps = rm.sample_transition(x0, sb, generator=generator)
     out = torch.zeros(x0.shape[0], dtype=torch.float64, device=x0.device)
@@ -183,7 +184,7 @@ def _reconstruction(score_fn, rm, x0, sb_lo, generator):
     else:
         rows = torch.ones_like(out, dtype=torch.bool)
     if rows.any():
-        probs = denoise_probs(score_fn, rm, x_eps[rows], sb_lo)
+        probs = denoise_probs(rm, score_fn, x_eps[rows], sb_lo)
         p_x0 = torch.gather(probs, -1, x0[rows][..., None])[..., 0]
         out[rows] = -torch.log(p_x0).clamp_min(LOG_FLOOR).sum(-1).to(torch.float64)
     return out
@@ -231,11 +232,11 @@ def _exact_reconstruction(p0, x0, q_eps, kernel):
     return out
 
 
-def bound_limit(p0, x0, rm, schedule, eps=1e-5, reconstruction=False) -> torch.Tensor:
+def bound_limit(rm, schedule, p0, x0, t_min=1e-5, reconstruction=False) -> torch.Tensor:
     """What ``nll_bound`` converges to with the exact score as num_t -> inf, per sequence.
 
     ``KL(p(x_eps | x0) || p_eps)`` over all n^d sequences, plus (not for Absorbing) the prior
-    mismatch ``KL(p_{1|0} || pi^d) - KL(p_{1|0} || p_1)``. As ``sigma_bar(eps) -> 0`` and
+    mismatch ``KL(p_{1|0} || pi^d) - KL(p_{1|0} || p_1)``. As ``sigma_bar(t_min) -> 0`` and
     ``sigma_bar(1) -> inf`` it tends to ``exact_nll(p0, x0)``. Exact, float64, small n^d only
     (lesson 6). ``reconstruction=True`` adds the exact denoising term
     ``E_{x_eps ~ p(.|x0)} [-sum_i log p(x0_i | x_eps)]`` (per-position posteriors by Bayes on the
@@ -243,14 +244,14 @@ def bound_limit(p0, x0, rm, schedule, eps=1e-5, reconstruction=False) -> torch.T
     result is then >= the entropy of p0.
     """
     rm = as_rate_matrix(rm)
-    _check_eps(eps)
+    _check_t_min(t_min)
     p0 = as_float(p0, torch.float64)
     n, d = rm.n, p0.dim()
     x0 = _check_x0(x0, n).cpu()
     if x0.shape[1] != d:
         raise ValueError(f"x0 has {x0.shape[1]} tokens per sequence but p0 has d = {d}")
     states = all_sequences(n, d)
-    sb_lo = float(schedule.sigma_bar(eps))
+    sb_lo = float(schedule.sigma_bar(t_min))
     p_eps = product_marginal(rm, p0, sb_lo).reshape(-1)
     q_eps = _sequence_kernel(rm, sb_lo, x0, states)
     out = kl_rows(q_eps, p_eps)

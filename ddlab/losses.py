@@ -183,12 +183,12 @@ def true_score_table(rm, p0, sigma_bar) -> torch.Tensor:
                           off_support="one")
 
 
-def score_table(score, rm, sigma_bar, log: bool = False) -> torch.Tensor:
+def score_table(rm, score, sigma_bar) -> torch.Tensor:
     """Evaluate a score function at every state: ``S[..., x, y]``, shape (n, n) or (T, n, n).
 
     ``score`` is a callable ``score_fn(x_t, sigma_bar)`` of the agreed signature (x_t of shape
-    (B, 1)); with ``log=True`` it returns log-ratios (e.g. ``model.log_score``). Lesson 4 uses
-    this to hold a network against ``true_score_table``.
+    (B, 1)), returning ratios or log-ratios (e.g. ``model.log_score``): the table holds whatever
+    it returns. Lesson 4 uses this to hold a network against ``true_score_table``.
     """
     rm = as_rate_matrix(rm)
     sb = _check_sb(sigma_bar)
@@ -204,7 +204,7 @@ def score_table(score, rm, sigma_bar, log: bool = False) -> torch.Tensor:
     return out if sb.dim() else out[0]
 
 
-def expected_loss(kind: str, score, rm, p0, sigma_bar, log: bool = False) -> torch.Tensor:
+def expected_loss(rm, kind: str, score, p0, sigma_bar, log: bool = False) -> torch.Tensor:
     """The exact expected loss of a score at noise level sigma_bar, by enumeration (lesson 3).
 
     ``kind`` is one of "se", "ise", "dse", "csm", "dcsm" (see the module docstring). ``score``
@@ -221,7 +221,7 @@ def expected_loss(kind: str, score, rm, p0, sigma_bar, log: bool = False) -> tor
     sb = _check_sb(sigma_bar)
     n = rm.n
     if callable(score):
-        table = score_table(score, rm, sb, log=log)
+        table = score_table(rm, score, sb)
     else:
         table = as_float(score)
     L, S = _log_and_ratio(table, sb, n, log)
@@ -259,14 +259,14 @@ def expected_loss(kind: str, score, rm, p0, sigma_bar, log: bool = False) -> tor
     return (torch.where(joint > 0, joint * per, torch.zeros_like(per))).sum((-1, -2))
 
 
-def loss_floor(kind: str, rm, p0, sigma_bar) -> torch.Tensor:
+def loss_floor(rm, kind: str, p0, sigma_bar) -> torch.Tensor:
     """The Bayes-optimal value: ``expected_loss(kind, true_score_table(...))`` (lesson 3).
 
     0 for SE and CSM; for DSE it is what no model can beat, ``C_DSE = E[sum w K(r)] -
     E[sum w K(rho)] >= 0``; for ISE it is ``-E[sum w K(rho)]``; for DCSM the conditional variance
     of r.
     """
-    return expected_loss(kind, true_score_table(rm, p0, sigma_bar), rm, p0, sigma_bar)
+    return expected_loss(rm, kind, true_score_table(rm, p0, sigma_bar), p0, sigma_bar)
 
 
 def loss_constants(rm, p0, sigma_bar) -> dict:
@@ -274,12 +274,12 @@ def loss_constants(rm, p0, sigma_bar) -> dict:
 
     They are minus the floors of DSE, ISE and DCSM (SE and CSM are 0 at the true score).
     """
-    return {"se-dse": -loss_floor("dse", rm, p0, sigma_bar),
-            "se-ise": -loss_floor("ise", rm, p0, sigma_bar),
-            "csm-dcsm": -loss_floor("dcsm", rm, p0, sigma_bar)}
+    return {"se-dse": -loss_floor(rm, "dse", p0, sigma_bar),
+            "se-ise": -loss_floor(rm, "ise", p0, sigma_bar),
+            "csm-dcsm": -loss_floor(rm, "dcsm", p0, sigma_bar)}
 
 
-def expected_dwdse(score, rm, schedule, p0, num_t: int = 64, t_min: float = 1e-5,
+def expected_dwdse(rm, schedule, score, p0, num_t: int = 64, t_min: float = 1e-5,
                    t_max: float = 1.0, log: bool = False) -> torch.Tensor:
     """``int_{t_min}^{t_max} sigma(t) E[DSE_t] dt``, exact in x0 and x_t, Gauss-Legendre in t.
 
@@ -290,7 +290,7 @@ def expected_dwdse(score, rm, schedule, p0, num_t: int = 64, t_min: float = 1e-5
     """
     t, w = _gauss_legendre(num_t, t_min, t_max)
     sb = schedule.sigma_bar(t)
-    per_t = expected_loss("dse", score, rm, p0, sb, log=log)
+    per_t = expected_loss(rm, "dse", score, p0, sb, log=log)
     return (w * schedule.sigma(t) * per_t).sum()
 
 
@@ -304,7 +304,7 @@ def dwdse_floor(rm, schedule, p0, num_t: int = 64, t_min: float = 1e-5,
     """
     t, w = _gauss_legendre(num_t, t_min, t_max)
     sb = schedule.sigma_bar(t)
-    per_t = loss_floor("dse", rm, p0, sb)
+    per_t = loss_floor(rm, "dse", p0, sb)
     return (w * schedule.sigma(t) * per_t).sum()
 
 

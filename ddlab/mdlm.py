@@ -233,12 +233,12 @@ def mdlm_step_probs(probs, x_t, sigma_bar_t, sigma_bar_s) -> torch.Tensor:
     return torch.where((x_t == n - 1)[..., None], step, onehot)
 
 
-def mdlm_sample(denoiser_fn, schedule, batch: int, d: int, n: int, steps: int, *, eps=1e-5,
+def mdlm_sample(schedule, denoiser_fn, batch: int, d: int, n: int, steps: int, *, t_min=1e-5,
                 clamp=None, generator=None) -> torch.Tensor:
     """MDLM's ancestral sampler, from all-MASK to clean tokens (lesson 8).
 
-    Time grid ``t_k`` linear from 1 to ``eps`` in ``steps`` steps, then one last step from
-    ``sigma_bar(eps)`` to 0, which reveals every token still masked (as ``ddlab.sampling.sample``
+    Time grid ``t_k`` linear from 1 to ``t_min`` in ``steps`` steps, then one last step from
+    ``sigma_bar(t_min)`` to 0, which reveals every token still masked (as ``ddlab.sampling.sample``
     does with ``denoise=True``). ``clamp = (positions, values)`` as in ``ddlab.sampling.sample``
     pins those positions (prompting, infilling). Returns (batch, d) int64 with no MASK left.
     """
@@ -247,11 +247,11 @@ def mdlm_sample(denoiser_fn, schedule, batch: int, d: int, n: int, steps: int, *
     if not (isinstance(n, int) and n >= 2 and isinstance(d, int) and d >= 1
             and isinstance(batch, int) and batch >= 1):
         raise ValueError(f"need integers batch >= 1, d >= 1, n >= 2; got {batch!r}, {d!r}, {n!r}")
-    if not 0 < eps < 1:
-        raise ValueError(f"eps must lie in (0, 1), got {eps!r}")
+    if not 0 < t_min < 1:
+        raise ValueError(f"t_min must lie in (0, 1), got {t_min!r}")
     x = torch.full((batch, d), n - 1, dtype=torch.long)
     pos, val = _clamp_tensors(clamp, batch, d, n)
-    ts = torch.linspace(1.0, eps, steps + 1, dtype=torch.float64)
+    ts = torch.linspace(1.0, t_min, steps + 1, dtype=torch.float64)
     sbs = [schedule.sigma_bar(t).to(torch.float64) for t in ts] + [torch.tensor(0.0, dtype=torch.float64)]
     for k in range(len(sbs) - 1):
         x = torch.where(pos, val, x)
@@ -279,7 +279,7 @@ def _clamp_tensors(clamp, batch: int, d: int, n: int):
                          f"broadcast to (batch, d) = ({batch}, {d})") from None
 
 
-def mdlm_nll_bound(denoiser_fn, x0, schedule, n: int, num_t: int = 64, *, t_min: float = 1e-5,
+def mdlm_nll_bound(schedule, denoiser_fn, x0, n: int, num_t: int = 64, *, t_min: float = 1e-5,
                    generator=None, return_stderr: bool = False):
     """MDLM's continuous-time bound on -log p(x0) per sequence, by Monte Carlo (lesson 8).
 

@@ -112,28 +112,28 @@ def _grid_sigma_bar(schedule, times) -> tuple[torch.Tensor, torch.Tensor]:
     return t, schedule.sigma_bar(check_time(t, "times")).to(torch.float64)
 
 
-def reverse_kernel(rm, p0, sigma_s, sigma_t) -> torch.Tensor:
+def reverse_kernel(rm, p0, sigma_bar_s, sigma_bar_t) -> torch.Tensor:
     """The exact reverse step ``K[y, x] = p(x_s = y | x_t = x)`` between noise levels (lesson 2).
 
-    Bayes' rule on the forward step from ``sigma_s`` to ``sigma_t >= sigma_s``:
-    ``K[y, x] = P_{s->t}[x, y] p_s(y) / p_t(x)`` with ``P_{s->t} = expm((sigma_t - sigma_s) Q)``,
-    ``p_s = expm(sigma_s Q) p0`` and ``p_t = P_{s->t} p_s``. Each column x with p_t(x) > 0 sums to
+    Bayes' rule on the forward step from ``sigma_bar_s`` to ``sigma_bar_t >= sigma_bar_s``:
+    ``K[y, x] = P_{s->t}[x, y] p_s(y) / p_t(x)`` with ``P_{s->t} = expm((sigma_bar_t - sigma_bar_s) Q)``,
+    ``p_s = expm(sigma_bar_s Q) p0`` and ``p_t = P_{s->t} p_s``. Each column x with p_t(x) > 0 sums to
     one; columns at states the forward chain cannot be in (p_t(x) = 0) are zero. With
-    ``sigma_s = 0`` this is ``ddlab.posterior(rm, p0, sigma_t)``.
+    ``sigma_bar_s = 0`` this is ``ddlab.posterior(rm, p0, sigma_bar_t)``.
     """
     rm = as_rate_matrix(rm)
     p0 = _check_p0(rm, p0)
-    ss = check_sigma_bar(sigma_s, "sigma_s").to(torch.float64)
-    st = check_sigma_bar(sigma_t, "sigma_t").to(torch.float64)
+    ss = check_sigma_bar(sigma_bar_s, "sigma_bar_s").to(torch.float64)
+    st = check_sigma_bar(sigma_bar_t, "sigma_bar_t").to(torch.float64)
     if ss.dim() or st.dim():
-        raise ValueError("sigma_s and sigma_t must be scalars")
+        raise ValueError("sigma_bar_s and sigma_bar_t must be scalars")
     if ss > st:
-        raise ValueError(f"sigma_s = {ss.item():.6g} must be <= sigma_t = {st.item():.6g}: the "
+        raise ValueError(f"sigma_bar_s = {ss.item():.6g} must be <= sigma_bar_t = {st.item():.6g}: the "
                          f"reverse kernel steps from the noisier level t back to s")
     return posterior(rm, marginal(rm, p0, ss), st - ss)
 
 
-def reverse_paths(rm, p0, schedule, num_paths: int, times, generator=None) -> torch.Tensor:
+def reverse_paths(rm, schedule, p0, num_paths: int, times, generator=None) -> torch.Tensor:
     """Draw exact reverse-time paths on a grid of times (lesson 2).
 
     Starts from ``x_T ~ p_T`` at ``T = times[-1]`` and steps backward through the grid with the
@@ -251,7 +251,7 @@ def _sb_of(w: np.ndarray) -> np.ndarray:
     return np.logaddexp(0.0, w)                     # softplus, the inverse of _w_of
 
 
-def reverse_ode(rm, p0, schedule, times, q_T=None, step: float = 0.05) -> torch.Tensor:
+def reverse_ode(rm, schedule, p0, times, q_T=None, step: float = 0.05) -> torch.Tensor:
     """Integrate the reverse ODE from ``T = times[-1]`` back to ``times[0]`` (lesson 2).
 
     The reverse chain has generator ``Qbar_t[y, x] = p_t(y) / p_t(x) Q[x, y]`` on the clock of

@@ -92,22 +92,22 @@ def _check_int(name, v, least=1):
         raise ValueError(f"{name} must be an integer >= {least}, got {v!r}")
 
 
-def _check_common(rm, schedule, d, steps, method, eps):
+def _check_common(rm, schedule, d, steps, method, t_min):
     rm = as_rate_matrix(rm)
     _check_int("d", d)
     _check_int("steps", steps)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if not (isinstance(eps, (int, float)) and 0 < eps < 1):
-        raise ValueError(f"eps must lie in (0, 1) (the last time of the grid), got {eps!r}")
+    if not (isinstance(t_min, (int, float)) and 0 < t_min < 1):
+        raise ValueError(f"t_min must lie in (0, 1) (the last time of the grid), got {t_min!r}")
     if not (hasattr(schedule, "sigma_bar") and callable(schedule.sigma_bar)):
         raise ValueError(f"schedule must have a sigma_bar(t) method, got {schedule!r}")
     return rm
 
 
-def time_grid(schedule, steps: int, eps: float = 1e-5):
-    """``(t, sigma_bar)`` on the grid ``t_k = 1 - k (1 - eps) / steps``, k = 0..steps, float64."""
-    t = torch.linspace(1.0, eps, steps + 1, dtype=torch.float64)
+def time_grid(schedule, steps: int, t_min: float = 1e-5):
+    """``(t, sigma_bar)`` on the grid ``t_k = 1 - k (1 - t_min) / steps``, k = 0..steps, float64."""
+    t = torch.linspace(1.0, t_min, steps + 1, dtype=torch.float64)
     check_time(t)
     return t, schedule.sigma_bar(t).to(torch.float64)
 
@@ -156,8 +156,8 @@ def _step_probs(score_fn, rm, x, sb_now, dsigma, method):
     return rm.tweedie_probs(x, s, ds)
 
 
-def denoise_probs(score_fn, rm, x, sb_last):
-    """The final Tweedie step from sigma_bar(eps) to 0, MASK removed, (B, d, n)."""
+def denoise_probs(rm, score_fn, x, sb_last):
+    """The final Tweedie step from sigma_bar(t_min) to 0, MASK removed, (B, d, n)."""
     probs = _step_probs(score_fn, rm, x, sb_last, sb_last, "tweedie")
     if isinstance(rm, Absorbing):
         probs = probs.clone()
@@ -208,20 +208,20 @@ def _exact_interval(score_fn, rm, x, sb_mid, dsigma, clamp, generator):
 
 
 # ------------------------------------------------------------------------------ samplers
-def sample(score_fn, rm, schedule, batch, d, steps, method="tweedie", *, x_T=None, clamp=None,
-           denoise=True, eps=1e-5, generator=None, progress=False, device=None) -> torch.Tensor:
+def sample(rm, schedule, score_fn, batch, d, steps, method="tweedie", *, x_T=None, clamp=None,
+           denoise=True, t_min=1e-5, generator=None, progress=False, device=None) -> torch.Tensor:
     """Draw ``batch`` sequences of ``d`` tokens by running the reverse process (lesson 5).
 
     ``method`` is "euler", "tweedie" or "exact" (see the module docstring); ``steps`` intervals on
-    the grid ``t_k = 1 - k (1 - eps) / steps``. The chain starts at ``x_T`` (B, d), by default a
+    the grid ``t_k = 1 - k (1 - t_min) / steps``. The chain starts at ``x_T`` (B, d), by default a
     draw from the base law: all-MASK for :class:`Absorbing`, the stationary law otherwise.
     ``clamp = (positions_mask, values)``, each of shape (d,) or (B, d), fixes tokens at the start
     and after every step (conditioning, infilling); under "exact" clamped positions never jump.
-    ``denoise`` takes the final Tweedie step from ``sigma_bar(eps)`` to 0. ``device`` (default:
+    ``denoise`` takes the final Tweedie step from ``sigma_bar(t_min)`` to 0. ``device`` (default:
     that of ``x_T``, else of ``generator``, else CPU) is where the tokens live. Returns (batch,
     d) int64.
     """
-    rm = _check_common(rm, schedule, d, steps, method, eps)
+    rm = _check_common(rm, schedule, d, steps, method, t_min)
     _check_int("batch", batch)
     if device is None:
         device = x_T.device if isinstance(x_T, torch.Tensor) else (
@@ -236,7 +236,7 @@ def sample(score_fn, rm, schedule, batch, d, steps, method="tweedie", *, x_T=Non
         if tuple(x.shape) != (batch, d):
             raise ValueError(f"x_T has shape {tuple(x.shape)}, expected ({batch}, {d})")
     x = _apply_clamp(x, clamp)
-    t, sb = time_grid(schedule, steps, eps)
+    t, sb = time_grid(schedule, steps, t_min)
     if method == "exact":
         sb_mid = schedule.sigma_bar((t[:-1] + t[1:]) / 2).to(torch.float64)
     iterator = range(steps)
@@ -252,7 +252,7 @@ def sample(score_fn, rm, schedule, batch, d, steps, method="tweedie", *, x_T=Non
             x = sample_categorical(probs, generator)
         x = _apply_clamp(x, clamp)
     if denoise:
-        x = sample_categorical(denoise_probs(score_fn, rm, x, sb[-1].item()), generator)
+        x = sample_categorical(denoise_probs(rm, score_fn, x, sb[-1].item()), generator)
         x = _apply_clamp(x, clamp)
     return x
 
@@ -290,8 +290,8 @@ def _reverse_generator(score_fn, rm, states, support, sb_mid, frozen):
     return Qbar
 
 
-def exact_sampler_distribution(score_fn, rm, schedule, d, steps, method, *, clamp=None,
-                               denoise=True, eps=1e-5) -> torch.Tensor:
+def exact_sampler_distribution(rm, schedule, score_fn, d, steps, method, *, clamp=None,
+                               denoise=True, t_min=1e-5) -> torch.Tensor:
     """The exact law, shape (n,)*d, of what ``sample`` produces with these settings (lesson 5).
 
     No Monte Carlo: the law over all n^d sequences starts at the base law (clamped) and is pushed
@@ -302,7 +302,7 @@ def exact_sampler_distribution(score_fn, rm, schedule, d, steps, method, *, clam
     called at sequences the law can reach, so an oracle for a p0 with zeros is fine as long as
     the sampler stays on its support. Small n^d only (at most MAX_STATES sequences).
     """
-    rm = _check_common(rm, schedule, d, steps, method, eps)
+    rm = _check_common(rm, schedule, d, steps, method, t_min)
     n = rm.n
     N = n ** d
     if N > MAX_STATES:
@@ -327,7 +327,7 @@ def exact_sampler_distribution(score_fn, rm, schedule, d, steps, method, *, clam
     # initial law: product of the per-token base law, clamped positions pinned
     base = pin(_base_distribution(rm).expand(1, d, n))
     law = _kernel(base, states)[0]
-    t, sb = time_grid(schedule, steps, eps)
+    t, sb = time_grid(schedule, steps, t_min)
     if method == "exact":
         sb_mid = schedule.sigma_bar((t[:-1] + t[1:]) / 2).to(torch.float64)
     for k in range(steps):
@@ -344,13 +344,13 @@ def exact_sampler_distribution(score_fn, rm, schedule, d, steps, method, *, clam
         law = law / law.sum()
     if denoise:
         support = law > 0
-        probs = pin(denoise_probs(score_fn, rm, states[support], sb[-1].item()))
+        probs = pin(denoise_probs(rm, score_fn, states[support], sb[-1].item()))
         law = law[support] @ _kernel(probs.to(torch.float64), states)
         law = law / law.sum()
     return law.reshape((n,) * d)
 
 
-def kl_vs_steps(score_fn, rm, schedule, d, p_data, steps, methods=("euler", "tweedie"),
+def kl_vs_steps(rm, schedule, score_fn, d, p_data, steps, methods=("euler", "tweedie"),
                 **kwargs) -> dict:
     """``{method: [KL(p_data || law of the sampler with k steps) for k in steps]}``, exactly.
 
@@ -359,7 +359,7 @@ def kl_vs_steps(score_fn, rm, schedule, d, p_data, steps, methods=("euler", "twe
     """
     with torch.no_grad():
         return {m: [float(kl_divergence(p_data, exact_sampler_distribution(
-            score_fn, rm, schedule, d, k, m, **kwargs))) for k in steps] for m in methods}
+            rm, schedule, score_fn, d, k, m, **kwargs))) for k in steps] for m in methods}
 
 
 __all__ = ["METHODS", "check_scores", "sample", "exact_sampler_distribution", "time_grid", "kl_vs_steps"]

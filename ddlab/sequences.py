@@ -338,7 +338,7 @@ def _weight_by_rows(p: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def joint_posterior(p0, rm, sigma_bar, x_t, max_bytes: int | None = None) -> torch.Tensor:
+def joint_posterior(rm, p0, sigma_bar, x_t, max_bytes: int | None = None) -> torch.Tensor:
     """The exact denoiser over whole sequences, ``p_{0|t}(x0 | x_t)`` (lesson 7).
 
     ``p_{0|t}(x0 | x_t) = p0(x0) prod_i P[x_t,i, x0_i] / p_t(x_t)``, ``P = expm(sigma_bar Q)``.
@@ -381,7 +381,7 @@ def product_of_marginals(probs: torch.Tensor) -> torch.Tensor:
     return _weight_by_rows(torch.ones((n,) * d, dtype=probs.dtype), probs)
 
 
-def exact_reverse_kernel(p0, rm, sigma_bar, dsigma, x_t, max_bytes: int | None = None):
+def exact_reverse_kernel(rm, p0, sigma_bar, dsigma, x_t, max_bytes: int | None = None):
     """The exact reverse step over whole sequences, ``p(x_s | x_t)`` (lesson 7).
 
     With ``sigma_bar_s = sigma_bar - dsigma`` and ``P_d = expm(dsigma Q)``:
@@ -400,7 +400,7 @@ def exact_reverse_kernel(p0, rm, sigma_bar, dsigma, x_t, max_bytes: int | None =
     return _normalise_batch(_weight_by_rows(ps, rows), x_t, "p_t")
 
 
-def factorised_reverse_kernel(score_fn, rm, sigma_bar, dsigma, x_t) -> torch.Tensor:
+def factorised_reverse_kernel(rm, score_fn, sigma_bar, dsigma, x_t) -> torch.Tensor:
     """The reverse step a sequence model takes: independent per-token Tweedie steps (lesson 7).
 
     ``q(x_s | x_t) = prod_i tweedie_probs(x_t,i, s_i, dsigma)[x_s,i]`` with the Hamming-1 ratios
@@ -419,7 +419,7 @@ def factorised_reverse_kernel(score_fn, rm, sigma_bar, dsigma, x_t) -> torch.Ten
     return product_of_marginals(probs)
 
 
-def factorisation_kl(p0, rm, sigma_bar, dsigma, x_t=None) -> torch.Tensor:
+def factorisation_kl(rm, p0, sigma_bar, dsigma, x_t=None) -> torch.Tensor:
     """``KL(p(x_s | x_t) || prod_i q_i(x_s,i | x_t))`` for the exact score (lesson 7).
 
     The exact reverse kernel against the product of per-token Tweedie steps built from the exact
@@ -439,8 +439,8 @@ def factorisation_kl(p0, rm, sigma_bar, dsigma, x_t=None) -> torch.Tensor:
         x_t = all_sequences(n, d)[keep]
         weights = flat[keep]
     x_t = _check_batch(x_t, n, d)
-    exact = exact_reverse_kernel(p0, rm, sb, ds, x_t)
-    approx = factorised_reverse_kernel(exact_score_fn(p0, rm), rm, sb, ds, x_t)
+    exact = exact_reverse_kernel(rm, p0, sb, ds, x_t)
+    approx = factorised_reverse_kernel(rm, exact_score_fn(p0, rm), sb, ds, x_t)
     kl = kl_divergence(exact, approx, d)
     return kl if weights is None else (weights * kl).sum() / weights.sum()
 

@@ -187,7 +187,7 @@ def bimodal(n: int, absorbing: bool = False, centers=(0.25, 0.72), width: float 
     return torch.cat([p, torch.zeros(n - m, dtype=torch.float64)])
 
 
-def train_toy(model, rm, schedule, p0, steps: int, batch: int, lr: float, generator=None,
+def train_toy(rm, schedule, model, p0, steps: int, batch: int, lr: float, generator=None,
               progress: bool = True, loss: str = "dwdse", t_min: float = 1e-5,
               eval_every: int | None = None, num_t: int = 64) -> dict:
     """Fit ``model`` by Adam on Monte Carlo ``loss`` over ``steps`` batches (lesson 4).
@@ -230,7 +230,7 @@ def train_toy(model, rm, schedule, p0, steps: int, batch: int, lr: float, genera
 
     def exact_eval():
         with torch.no_grad():
-            return float(expected_dwdse(model.log_score, rm, schedule, p0, num_t=num_t,
+            return float(expected_dwdse(rm, schedule, model.log_score, p0, num_t=num_t,
                                         t_min=t_min, log=True))
 
     history = {"loss": [], "eval_step": [], "eval_loss": [], "floor": None, "seconds": 0.0}

@@ -132,7 +132,7 @@ def reverse_view(t: float = 0.5, kind: str = "uniform", schedule: str = "logline
     s = 1.0 - t
     times = torch.linspace(s, 1.0, num_points, dtype=torch.float64)
     times[-1] = 1.0                                # exact end point despite rounding in linspace
-    traj = reverse_ode(rm, p0, sched, times)
+    traj = reverse_ode(rm, sched, p0, times)
     sb = sched.sigma_bar(s)
     p_exact = marginal(rm, p0, sb)
     p_reverse = traj[0]
@@ -240,9 +240,9 @@ def sampler_view(method: str = "euler", steps: int = 4, ax_bars=None, ax_kl=None
     rm, sched, p0 = sampler_toy()
     score_fn = exact_score_fn(p0, rm)
 
-    law = exact_sampler_distribution(score_fn, rm, sched, 1, steps, method)
+    law = exact_sampler_distribution(rm, sched, score_fn, 1, steps, method)
     kl = float(kl_divergence(p0, law))
-    curve = kl_vs_steps(score_fn, rm, sched, 1, p0, SAMPLER_GRID, [method])[method]
+    curve = kl_vs_steps(rm, sched, score_fn, 1, p0, SAMPLER_GRID, [method])[method]
 
     fig, ax_bars, ax_kl = _axes_pair(ax_bars, ax_kl)
     states = np.arange(rm.n)

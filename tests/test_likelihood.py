@@ -63,7 +63,7 @@ def test_bound_limit_equals_the_dwdse_integral_by_quadrature(kind):
     eps = 1e-3
     lo = float(sch.sigma_bar(eps))
     x0 = torch.tensor([[0, 1], [1, 1]])
-    limit = bound_limit(p0, x0, rm, sch, eps=eps)
+    limit = bound_limit(rm, sch, p0, x0, t_min=eps)
     for b in range(2):
         if kind == "absorbing":      # prior 0: the process is continued to sigma_bar = inf
             # beyond sigma_bar = 40 the integrand is below e^-40: the tail is negligible
@@ -82,11 +82,11 @@ def test_bound_limit_tends_to_the_exact_nll():
     rm, sch, p0, _ = toy("absorbing", n=3, d=2, seed=2)
     x0 = torch.tensor([[0, 1], [2, 2], [1, 0]])
     nll = exact_nll(p0, x0)
-    gaps = [(bound_limit(p0, x0, rm, sch, eps=e) - nll).abs().max().item() for e in (1e-2, 1e-4)]
+    gaps = [(bound_limit(rm, sch, p0, x0, t_min=e) - nll).abs().max().item() for e in (1e-2, 1e-4)]
     assert gaps[1] < 2e-3 and gaps[1] < gaps[0] / 10
     p = joint(3, 2, seed=2)
     rmu = ddlab.Uniform(3)
-    gap_u = [(bound_limit(p, x0, rmu, ddlab.Geometric(s_min, 3.0), eps=1e-6)
+    gap_u = [(bound_limit(rmu, ddlab.Geometric(s_min, 3.0), p, x0, t_min=1e-6)
               - exact_nll(p, x0)).abs().max().item() for s_min in (1e-2, 1e-4)]
     assert gap_u[0] > 1e-2 and gap_u[1] < gap_u[0] / 10
 
@@ -100,8 +100,8 @@ def test_averaged_bound_is_at_least_the_entropy_with_reconstruction(seed, eps):
         x0 = torch.tensor([[0, 0], [0, 1], [1, 0], [1, 1]])
         w = p0[x0[:, 0], x0[:, 1]]
         entropy = (w * exact_nll(p0, x0)).sum().item()
-        plain = (w * bound_limit(p0, x0, rm, sch, eps=eps)).sum().item()
-        full = (w * bound_limit(p0, x0, rm, sch, eps=eps, reconstruction=True)).sum().item()
+        plain = (w * bound_limit(rm, sch, p0, x0, t_min=eps)).sum().item()
+        full = (w * bound_limit(rm, sch, p0, x0, t_min=eps, reconstruction=True)).sum().item()
         assert full >= entropy - 1e-12
         assert full >= plain
         if kind == "absorbing":                      # no prior mismatch: exactly I <= H
@@ -116,7 +116,7 @@ def test_nll_bound_matches_its_limit_within_monte_carlo_error(kind):
     g = torch.Generator().manual_seed(0)
     est, se = nll_bound(sf, x0, rm, sch, num_t=512, generator=g, return_stderr=True,
                         shared_t=True)
-    limit = bound_limit(p0, x0, rm, sch)
+    limit = bound_limit(rm, sch, p0, x0)
     z = ((est - limit) / se).abs()
     assert (z < 4).all(), (est, limit, se)
     assert (se < 0.4).all()
@@ -130,10 +130,10 @@ def test_reconstruction_term_matches_bayes(kind):
     x0 = torch.tensor([[0, 2], [1, 1]])
     eps = 0.1
     g = torch.Generator().manual_seed(4)
-    est, se = nll_bound(sf, x0, rm, sch, num_t=512, generator=g, eps=eps, return_stderr=True,
+    est, se = nll_bound(sf, x0, rm, sch, num_t=512, generator=g, t_min=eps, return_stderr=True,
                         shared_t=True, reconstruction=True)
-    limit = bound_limit(p0, x0, rm, sch, eps=eps, reconstruction=True)
-    plain = bound_limit(p0, x0, rm, sch, eps=eps)
+    limit = bound_limit(rm, sch, p0, x0, t_min=eps, reconstruction=True)
+    plain = bound_limit(rm, sch, p0, x0, t_min=eps)
     assert ((limit - plain) > 0.05).all()
     assert ((est - limit).abs() < 4 * se).all() and (se < 0.25).all(), (est, limit, se)
 
@@ -146,7 +146,7 @@ def test_absorbing_tail_beyond_t1_is_accounted_for():
     g = torch.Generator().manual_seed(1)
     est, se = nll_bound(sf, x0, rm, sch, num_t=512, generator=g, return_stderr=True,
                         shared_t=True)
-    limit = bound_limit(p0, x0, rm, sch)
+    limit = bound_limit(rm, sch, p0, x0)
     assert ((est - limit).abs() < 4 * se).all() and (se < 0.35).all(), (est, limit, se)
     assert torch.allclose(limit, exact_nll(p0, x0), atol=1e-3)
 
@@ -162,7 +162,7 @@ def test_stderr_is_honest():
     se = torch.stack([r[1][0] for r in runs])
     ratio = (se.mean() / est.std()).item()
     assert 0.6 < ratio < 2.0, ratio
-    limit = bound_limit(p0, x0, rm, sch)[0]
+    limit = bound_limit(rm, sch, p0, x0)[0]
     assert abs(est.mean().item() - limit.item()) < 4 * est.std().item() / np.sqrt(30)
 
 
@@ -230,8 +230,8 @@ def test_exact_nll_and_validation():
         nll_bound(sf, torch.tensor([0, 1]), rm, sch)
     with pytest.raises(ValueError, match="num_t"):
         nll_bound(sf, x0, rm, sch, num_t=0)
-    with pytest.raises(ValueError, match="eps"):
-        nll_bound(sf, x0, rm, sch, eps=0.0)
+    with pytest.raises(ValueError, match="t_min"):
+        nll_bound(sf, x0, rm, sch, t_min=0.0)
     nan = lambda x, sb: torch.full((*x.shape, 3), float("nan"))     # noqa: E731
     with pytest.raises(ValueError, match=r"\(b, i, y\) = \(0, 0, 0\)"):
         nll_bound(nan, x0, rm, sch, num_t=2)

@@ -89,12 +89,12 @@ def test_expected_loss_matches_naive_loop(kind, name, mask_zero, rng):
     p0 = random_p0(n, rng, mask_zero)
     sbs = np.array([0.05, 0.6, 2.5])
     S = np.exp(rng.normal(size=(3, n, n)))
-    got = losses.expected_loss(kind, torch.tensor(S), rm, p0, torch.tensor(sbs))
+    got = losses.expected_loss(rm, kind, torch.tensor(S), p0, torch.tensor(sbs))
     Q = rm.Q.numpy()
     want = [naive_loss(kind, S[k], Q, p0, sbs[k]) for k in range(3)]
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-10, atol=1e-12)
     # one sigma_bar at a time, and a log table, give the same numbers
-    one = losses.expected_loss(kind, torch.tensor(np.log(S[1])), rm, p0, sbs[1], log=True)
+    one = losses.expected_loss(rm, kind, torch.tensor(np.log(S[1])), p0, sbs[1], log=True)
     assert abs(one.item() - want[1]) <= 1e-10 * max(1.0, abs(want[1]))
 
 
@@ -110,7 +110,7 @@ def test_dse_expectation_matches_per_token_score_entropy(rng):
         x0, x = torch.tensor(x0[keep]), torch.tensor(x[keep])
         per = rm.score_entropy(logS[x], x, x0, sb)
         want = (torch.tensor(p0)[x0] * torch.tensor(P)[x, x0] * per).sum()
-        got = losses.expected_loss("dse", logS, rm, p0, sb, log=True)
+        got = losses.expected_loss(rm, "dse", logS, p0, sb, log=True)
         assert abs(got.item() - want.item()) < 1e-11
 
 
@@ -120,12 +120,12 @@ def test_score_function_and_table_agree(rng):
     p0 = random_p0(n, rng, mask_zero=True)
     sbs = torch.tensor([0.1, 1.0])
     fn = ddlab.exact_score_fn(p0, rm)
-    table = losses.score_table(fn, rm, sbs)
+    table = losses.score_table(rm, fn, sbs)
     np.testing.assert_allclose(table.numpy(), losses.true_score_table(rm, p0, sbs).numpy(),
                                rtol=1e-12)
     for kind in losses.KINDS:
-        a = losses.expected_loss(kind, fn, rm, p0, sbs)
-        b = losses.loss_floor(kind, rm, p0, sbs)
+        a = losses.expected_loss(rm, kind, fn, p0, sbs)
+        b = losses.loss_floor(rm, kind, p0, sbs)
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-10, atol=1e-12)
 
 
@@ -142,7 +142,7 @@ def test_gaps_do_not_depend_on_the_score(seed, name, sb):
     gaps = []
     for _ in range(3):
         logS = torch.tensor(rng.normal(scale=2.0, size=(n, n)))
-        v = {k: losses.expected_loss(k, logS, rm, p0, sb, log=True).item() for k in losses.KINDS}
+        v = {k: losses.expected_loss(rm, k, logS, p0, sb, log=True).item() for k in losses.KINDS}
         gaps.append((v["se"] - v["dse"], v["se"] - v["ise"], v["csm"] - v["dcsm"]))
     gaps = np.array(gaps)
     assert np.ptp(gaps, axis=0).max() < 1e-10 * max(1.0, np.abs(gaps).max())
@@ -157,24 +157,24 @@ def test_floors_by_hand(rng):
     n, sb = 6, 0.7
     rm = ddlab.Absorbing(n)
     p0 = random_p0(n, rng, mask_zero=True)
-    assert abs(losses.loss_floor("se", rm, p0, sb).item()) < 1e-13
-    assert abs(losses.loss_floor("csm", rm, p0, sb).item()) < 1e-13
+    assert abs(losses.loss_floor(rm, "se", p0, sb).item()) < 1e-13
+    assert abs(losses.loss_floor(rm, "csm", p0, sb).item()) < 1e-13
     H = -(p0[:-1] * np.log(p0[:-1])).sum()
-    assert abs(losses.loss_floor("dse", rm, p0, sb).item() - math.exp(-sb) * H) < 1e-12
+    assert abs(losses.loss_floor(rm, "dse", p0, sb).item() - math.exp(-sb) * H) < 1e-12
     # ISE floor: only x = MASK has outgoing reverse rates (w = 1 to each clean y)
     pt = expm(sb * rm.Q.numpy()) @ p0
     rho = pt[:-1] / pt[-1]
     want = -pt[-1] * (rho * np.log(rho) - rho).sum()
-    assert abs(losses.loss_floor("ise", rm, p0, sb).item() - want) < 1e-12
+    assert abs(losses.loss_floor(rm, "ise", p0, sb).item() - want) < 1e-12
     # Uniform: DSE floor positive, and the true table beats perturbed ones
     rmu = ddlab.Uniform(n)
     p0u = random_p0(n, rng)
-    floor = losses.loss_floor("dse", rmu, p0u, sb).item()
+    floor = losses.loss_floor(rmu, "dse", p0u, sb).item()
     assert floor > 0
     T = losses.true_score_table(rmu, p0u, sb)
     for _ in range(5):
         worse = T * torch.exp(0.1 * torch.tensor(rng.normal(size=(n, n))))
-        assert losses.expected_loss("dse", worse, rmu, p0u, sb).item() > floor
+        assert losses.expected_loss(rmu, "dse", worse, p0u, sb).item() > floor
 
 
 # ----------------------------------------------------------------------------- gradients
@@ -214,10 +214,10 @@ def test_expected_gradient_zero_at_marginal_score(kind, rng):
     L = torch.log(losses.true_score_table(rm, p0, sb))
     for _ in range(3):
         V = torch.tensor(rng.normal(size=(n, n)))
-        f = lambda M: losses.expected_loss(kind, M, rm, p0, sb, log=True).item()   # noqa: E731
+        f = lambda M: losses.expected_loss(rm, kind, M, p0, sb, log=True).item()   # noqa: E731
         assert abs((f(L + h * V) - f(L - h * V)) / (2 * h)) < 1e-7
         L2 = (L + 0.3 * V).requires_grad_(True)
-        losses.expected_loss(kind, L2, rm, p0, sb, log=True).backward()
+        losses.expected_loss(rm, kind, L2, p0, sb, log=True).backward()
         fd = (f(L2.detach() + h * V) - f(L2.detach() - h * V)) / (2 * h)
         assert abs((L2.grad * V).sum().item() - fd) < 1e-6 * max(1.0, abs(fd))
 
@@ -326,7 +326,7 @@ def test_dwdse_monte_carlo_matches_exact(rng):
     p0 = random_p0(n, rng, mask_zero=True)
     logS = torch.tensor(rng.normal(size=(n, n)))
     fixed = lambda xt, sb: logS[xt]                              # noqa: E731  (no t dependence)
-    exact = losses.expected_dwdse(fixed, rm, sch, p0, num_t=64, t_min=1e-3, log=True).item()
+    exact = losses.expected_dwdse(rm, sch, fixed, p0, num_t=64, t_min=1e-3, log=True).item()
     g = torch.Generator().manual_seed(0)
     B = 200_000
     x0 = torch.multinomial(torch.tensor(p0), B, replacement=True, generator=g)
@@ -346,7 +346,7 @@ def test_dcsm_per_token_averages_to_expected(rng):
     x0, x = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
     per = losses.dcsm(rm, L[x.reshape(-1)], x.reshape(-1), x0.reshape(-1), sb)
     want = (torch.tensor(p0)[x0.reshape(-1)] * P[x.reshape(-1), x0.reshape(-1)] * per).sum()
-    assert abs(losses.expected_loss("dcsm", L, rm, p0, sb, log=True).item() - want.item()) < 1e-11
+    assert abs(losses.expected_loss(rm, "dcsm", L, p0, sb, log=True).item() - want.item()) < 1e-11
 
 
 # ------------------------------------------------------------------------ validation
@@ -355,15 +355,15 @@ def test_errors_name_the_problem():
     p0 = np.ones(3) / 3
     S = torch.ones(3, 3)
     with pytest.raises(ValueError, match="kind must be one of"):
-        losses.expected_loss("kl", S, rm, p0, 0.5)
+        losses.expected_loss(rm, "kl", S, p0, 0.5)
     with pytest.raises(ValueError, match=r"shape \(2, 3\), expected \(3, 3\)"):
-        losses.expected_loss("se", torch.ones(2, 3), rm, p0, 0.5)
+        losses.expected_loss(rm, "se", torch.ones(2, 3), p0, 0.5)
     with pytest.raises(ValueError, match="ratios must be finite and >= 0, got -1.0"):
-        losses.expected_loss("se", -S, rm, p0, 0.5)
+        losses.expected_loss(rm, "se", -S, p0, 0.5)
     with pytest.raises(ValueError, match="sigma_bar must be > 0"):
-        losses.expected_loss("dse", S, rm, p0, 0.0)
+        losses.expected_loss(rm, "dse", S, p0, 0.0)
     with pytest.raises(ValueError, match="sum to 1"):
-        losses.expected_loss("dse", S, rm, [0.5, 0.5, 0.5], 0.5)
+        losses.expected_loss(rm, "dse", S, [0.5, 0.5, 0.5], 0.5)
     with pytest.raises(ValueError, match="cannot be reached"):
         ddlab.Absorbing(3).conditional_ratios(torch.tensor([1]), torch.tensor([0]), 0.5)
     with pytest.raises(ValueError, match="num_t"):

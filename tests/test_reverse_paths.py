@@ -88,7 +88,7 @@ def test_reverse_kernel_columns_and_unreachable_states():
 
 def test_reverse_kernel_validation():
     rm, p0 = CHAINS["uniform"]
-    with pytest.raises(ValueError, match="sigma_s = 0.5 must be <= sigma_t = 0.2"):
+    with pytest.raises(ValueError, match="sigma_bar_s = 0.5 must be <= sigma_bar_t = 0.2"):
         reverse_kernel(rm, p0, 0.5, 0.2)
     with pytest.raises(ValueError, match="sum to 1"):
         reverse_kernel(rm, [0.5, 0.3, 0.3], 0.1, 0.2)
@@ -110,7 +110,7 @@ def test_reverse_paths_have_the_exact_marginals_and_pair_laws(kind):
     sched = SCHEDULES["loglinear"]
     times = np.array([0.0, 0.05, 0.3, 0.31, 0.7, 1.0])
     g = torch.Generator().manual_seed(1)
-    paths = reverse_paths(rm, p0, sched, 20_000, times, generator=g).numpy()
+    paths = reverse_paths(rm, sched, p0, 20_000, times, generator=g).numpy()
     assert paths.shape == (20_000, len(times))
     sb = sched.sigma_bar(times).numpy()
     for k in range(len(times)):
@@ -126,8 +126,8 @@ def test_reverse_paths_have_the_exact_marginals_and_pair_laws(kind):
 def test_reverse_paths_end_where_the_data_is_and_are_reproducible():
     rm, p0 = CHAINS["absorbing"]
     times = np.linspace(0, 1, 11)
-    a = reverse_paths(rm, p0, SCHEDULES["loglinear"], 500, times, torch.Generator().manual_seed(3))
-    b = reverse_paths(rm, p0, SCHEDULES["loglinear"], 500, times, torch.Generator().manual_seed(3))
+    a = reverse_paths(rm, SCHEDULES["loglinear"], p0, 500, times, torch.Generator().manual_seed(3))
+    b = reverse_paths(rm, SCHEDULES["loglinear"], p0, 500, times, torch.Generator().manual_seed(3))
     assert torch.equal(a, b)
     # an absorbing path read backward never re-masks: once clean it stays at its clean token
     a = a.numpy()
@@ -140,7 +140,7 @@ def test_reverse_paths_end_where_the_data_is_and_are_reproducible():
 def test_reverse_paths_without_schedule_use_sigma_bar_equal_t():
     rm, p0 = CHAINS["custom"]
     times = [0.0, 0.5, 2.0]
-    paths = reverse_paths(rm, p0, None, 20_000, times, torch.Generator().manual_seed(5)).numpy()
+    paths = reverse_paths(rm, None, p0, 20_000, times, torch.Generator().manual_seed(5)).numpy()
     for k, t in enumerate(times):
         assert chi2_pvalue(paths[:, k], scipy_marginal(CUSTOM_Q, P0, t)) > 1e-3
 
@@ -148,13 +148,13 @@ def test_reverse_paths_without_schedule_use_sigma_bar_equal_t():
 def test_reverse_paths_validation():
     rm, p0 = CHAINS["uniform"]
     with pytest.raises(ValueError, match="non-decreasing"):
-        reverse_paths(rm, p0, SCHEDULES["loglinear"], 10, [0.0, 0.5, 0.2])
+        reverse_paths(rm, SCHEDULES["loglinear"], p0, 10, [0.0, 0.5, 0.2])
     with pytest.raises(ValueError, match="num_paths"):
-        reverse_paths(rm, p0, SCHEDULES["loglinear"], 0, [0.0, 1.0])
+        reverse_paths(rm, SCHEDULES["loglinear"], p0, 0, [0.0, 1.0])
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        reverse_paths(rm, p0, SCHEDULES["loglinear"], 10, [0.0, 1.5])
+        reverse_paths(rm, SCHEDULES["loglinear"], p0, 10, [0.0, 1.5])
     with pytest.raises(ValueError, match="1-D"):
-        reverse_paths(rm, p0, SCHEDULES["loglinear"], 10, [[0.0, 1.0]])
+        reverse_paths(rm, SCHEDULES["loglinear"], p0, 10, [[0.0, 1.0]])
 
 
 # ------------------------------------------------------------------------------ reverse_ode
@@ -178,7 +178,7 @@ def test_reverse_ode_retraces_the_forward_marginals(kind, schedule):
     rm, p0 = CHAINS[kind]
     sched = SCHEDULES[schedule]
     times = np.linspace(0, 1, 6)
-    q = reverse_ode(rm, p0, sched, times).numpy()
+    q = reverse_ode(rm, sched, p0, times).numpy()
     sb = np.maximum(sched.sigma_bar(times).numpy(), SIGMA_BAR_FLOOR)
     exact = np.stack([scipy_marginal(dense_Q(rm), p0, s) for s in sb])
     np.testing.assert_allclose(q, exact, atol=1e-8)
@@ -197,7 +197,7 @@ def test_reverse_ode_agrees_with_scipy_and_converges_at_fourth_order():
         return -(reverse_by_definition(Q, p) @ q)
 
     ref = solve_ivp(rhs, (3.0, 0.2), q_T, method="DOP853", rtol=1e-12, atol=1e-14).y[:, -1]
-    errs = [np.abs(reverse_ode(Q, P0, None, [0.2, 3.0], q_T=q_T, step=h)[0].numpy() - ref).max()
+    errs = [np.abs(reverse_ode(Q, None, P0, [0.2, 3.0], q_T=q_T, step=h)[0].numpy() - ref).max()
             for h in (0.2, 0.1)]
     assert errs[1] < 1e-7
     assert errs[0] / errs[1] > 10          # RK4: halving the step divides the error by ~16
@@ -210,22 +210,22 @@ def test_reverse_ode_from_the_prior():
     posterior average, computed here by brute-force Bayes."""
     sched = SCHEDULES["loglinear"]
     rm, p0 = CHAINS["absorbing"]
-    q0 = reverse_ode(rm, p0, sched, [0.0, 1.0], q_T=[0, 0, 0, 1.0])[0].numpy()
+    q0 = reverse_ode(rm, sched, p0, [0.0, 1.0], q_T=[0, 0, 0, 1.0])[0].numpy()
     np.testing.assert_allclose(q0, p0, atol=1e-8)
     rm, p0 = CHAINS["custom"]
     pi = np.array([0.2, 0.2, 0.6])
-    q0 = reverse_ode(rm, p0, None, [0.0, 0.8], q_T=pi)[0].numpy()
+    q0 = reverse_ode(rm, None, p0, [0.0, 0.8], q_T=pi)[0].numpy()
     np.testing.assert_allclose(q0, brute_force_reverse(CUSTOM_Q, p0, 0.0, 0.8) @ pi, atol=1e-8)
 
 
 def test_reverse_ode_validation():
     rm, p0 = CHAINS["uniform"]
     with pytest.raises(ValueError, match="step"):
-        reverse_ode(rm, p0, None, [0.0, 1.0], step=0.0)
+        reverse_ode(rm, None, p0, [0.0, 1.0], step=0.0)
     with pytest.raises(ValueError, match="q_T"):
-        reverse_ode(rm, p0, None, [0.0, 1.0], q_T=[0.5, 0.5, 0.5])
+        reverse_ode(rm, None, p0, [0.0, 1.0], q_T=[0.5, 0.5, 0.5])
     with pytest.raises(ValueError, match="non-decreasing"):
-        reverse_ode(rm, p0, None, [1.0, 0.0])
+        reverse_ode(rm, None, p0, [1.0, 0.0])
 
 
 # ------------------------------------------------------------------------ reverse_gillespie

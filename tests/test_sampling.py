@@ -44,20 +44,20 @@ def test_sample_refuses_a_bad_score_function_and_bad_arguments():
         return s
 
     with pytest.raises(ValueError, match=r"\(0, 1, 2\)"):
-        sample(negative, rm, sch, 4, 2, 2, "euler")
+        sample(rm, sch, negative, 4, 2, 2, "euler")
     ok = lambda x, sb: torch.ones(*x.shape, 3, dtype=torch.float64)   # noqa: E731
     with pytest.raises(ValueError, match="method"):
-        sample(ok, rm, sch, 4, 2, 2, "heun")
+        sample(rm, sch, ok, 4, 2, 2, "heun")
     with pytest.raises(ValueError, match="steps"):
-        sample(ok, rm, sch, 4, 2, 0)
-    with pytest.raises(ValueError, match="eps"):
-        sample(ok, rm, sch, 4, 2, 2, eps=0.0)
+        sample(rm, sch, ok, 4, 2, 0)
+    with pytest.raises(ValueError, match="t_min"):
+        sample(rm, sch, ok, 4, 2, 2, t_min=0.0)
     with pytest.raises(ValueError, match="x_T has shape"):
-        sample(ok, rm, sch, 4, 2, 2, x_T=torch.zeros(4, 3, dtype=torch.long))
+        sample(rm, sch, ok, 4, 2, 2, x_T=torch.zeros(4, 3, dtype=torch.long))
     with pytest.raises(ValueError, match="clamp"):
-        sample(ok, rm, sch, 4, 2, 2, clamp=(torch.tensor([True, False, True]), torch.zeros(3)))
+        sample(rm, sch, ok, 4, 2, 2, clamp=(torch.tensor([True, False, True]), torch.zeros(3)))
     with pytest.raises(ValueError, match="too many"):
-        exact_sampler_distribution(ok, ddlab.Uniform(9), sch, 4, 2, "euler")
+        exact_sampler_distribution(ddlab.Uniform(9), sch, ok, 4, 2, "euler")
 
 
 # --------------------------------------------------------- exact law vs Monte Carlo
@@ -68,9 +68,9 @@ def test_exact_law_matches_monte_carlo(kind, method):
     rm, sch, p0, sf = toy(kind)
     steps, B = 3, 20000
     denoise = not (kind == "absorbing" and method == "exact")   # also cover denoise=False
-    law = exact_sampler_distribution(sf, rm, sch, 2, steps, method, denoise=denoise).reshape(-1)
+    law = exact_sampler_distribution(rm, sch, sf, 2, steps, method, denoise=denoise).reshape(-1)
     g = torch.Generator().manual_seed(1)
-    x = sample(sf, rm, sch, B, 2, steps, method, denoise=denoise, generator=g)
+    x = sample(rm, sch, sf, B, 2, steps, method, denoise=denoise, generator=g)
     assert x.shape == (B, 2) and x.dtype == torch.int64
     counts = torch.bincount(x[:, 0] * rm.n + x[:, 1], minlength=rm.n ** 2).double()
     expected = law * B
@@ -90,10 +90,10 @@ def test_tweedie_is_exact_for_one_token(steps):
     n = 4
     p0 = joint(n, 1, seed=3)
     rm, sch = ddlab.Uniform(n), ddlab.Geometric(1e-3, 3.0)
-    law = exact_sampler_distribution(ddlab.exact_score_fn(p0, rm), rm, sch, 1, steps, "tweedie")
+    law = exact_sampler_distribution(rm, sch, ddlab.exact_score_fn(p0, rm), 1, steps, "tweedie")
     assert torch.allclose(law, p0, atol=2e-5)
     # ... while Euler with the same steps is visibly off
-    euler = exact_sampler_distribution(ddlab.exact_score_fn(p0, rm), rm, sch, 1, steps, "euler")
+    euler = exact_sampler_distribution(rm, sch, ddlab.exact_score_fn(p0, rm), 1, steps, "euler")
     assert (euler - p0).abs().max() > 1e-3
 
 
@@ -103,7 +103,7 @@ def test_absorbing_one_token_every_method_recovers_p0(method):
     with the exact score gives p0 exactly (the start at all-MASK is not an approximation)."""
     p0 = with_mask(joint(5, 1, seed=4))
     rm, sch = ddlab.Absorbing(6), ddlab.LogLinear(1e-3)
-    law = exact_sampler_distribution(ddlab.exact_score_fn(p0, rm), rm, sch, 1, 2, method)
+    law = exact_sampler_distribution(rm, sch, ddlab.exact_score_fn(p0, rm), 1, 2, method)
     assert torch.allclose(law, p0, atol=1e-12)
 
 
@@ -112,8 +112,8 @@ def test_euler_one_step_by_hand():
     n = 3
     p0 = joint(n, 1, seed=5).numpy()
     rm, sch = ddlab.Uniform(n), ddlab.Geometric(1e-3, 2.0)
-    law = exact_sampler_distribution(ddlab.exact_score_fn(p0, rm), rm, sch, 1, 1, "euler",
-                                     denoise=False, eps=0.2).numpy()
+    law = exact_sampler_distribution(rm, sch, ddlab.exact_score_fn(p0, rm), 1, 1, "euler",
+                                     denoise=False, t_min=0.2).numpy()
     Q = np.ones((n, n)) - n * np.eye(n)
     sb_hi, sb_lo = 2.0, 1e-3 ** 0.8 * 2.0 ** 0.2
     pt = scipy.linalg.expm(sb_hi * Q) @ p0
@@ -133,8 +133,8 @@ def test_exact_method_one_interval_by_hand():
     p0 = joint(n, d, seed=6).numpy()
     rm, sch = ddlab.Uniform(n), ddlab.Geometric(1e-2, 2.0)
     eps = 0.5
-    law = exact_sampler_distribution(ddlab.exact_score_fn(p0, rm), rm, sch, d, 1, "exact",
-                                     denoise=False, eps=eps).numpy().reshape(-1)
+    law = exact_sampler_distribution(rm, sch, ddlab.exact_score_fn(p0, rm), d, 1, "exact",
+                                     denoise=False, t_min=eps).numpy().reshape(-1)
     Q = np.ones((n, n)) - n * np.eye(n)
     sb = lambda t: 1e-2 ** (1 - t) * 2.0 ** t                # noqa: E731
     mid = sb((1 + eps) / 2)
@@ -156,12 +156,12 @@ def test_samplers_converge_and_tweedie_beats_euler():
     """The lesson-5 findings on a d = 2 uniform toy: the exact simulation reaches KL < 1e-6 with
     256 steps; at equal steps Tweedie's KL is below Euler's; both shrink with more steps."""
     rm, sch, p0, sf = toy("uniform", n=3, d=2, seed=7)
-    kl = {m: [kl_divergence(p0, exact_sampler_distribution(sf, rm, sch, 2, k, m))
+    kl = {m: [kl_divergence(p0, exact_sampler_distribution(rm, sch, sf, 2, k, m))
               for k in (4, 16)] for m in ("euler", "tweedie")}
     for m in kl:
         assert kl[m][1] < kl[m][0] / 4
     assert kl["tweedie"][0] < kl["euler"][0] and kl["tweedie"][1] < kl["euler"][1]
-    assert kl_divergence(p0, exact_sampler_distribution(sf, rm, sch, 2, 256, "exact")) < 1e-6
+    assert kl_divergence(p0, exact_sampler_distribution(rm, sch, sf, 2, 256, "exact")) < 1e-6
 
 
 # --------------------------------------------------------------------- clamp and start
@@ -169,14 +169,14 @@ def test_clamp_gives_the_conditional():
     """Clamping token 0 to 1 and running the exact sampler samples p0(x_1 | x_0 = 1)."""
     rm, sch, p0, sf = toy("absorbing", n=3, d=2, seed=8)
     clamp = (torch.tensor([True, False]), torch.tensor([1, 0]))
-    law = exact_sampler_distribution(sf, rm, sch, 2, 64, "exact", clamp=clamp)
+    law = exact_sampler_distribution(rm, sch, sf, 2, 64, "exact", clamp=clamp)
     assert law[1].sum().item() == pytest.approx(1.0, abs=1e-12)
     cond = p0[1] / p0[1].sum()
     assert torch.allclose(law[1], cond, atol=1e-6)
     g = torch.Generator().manual_seed(0)
     per_row = (torch.tensor([[True, False], [False, True]]).repeat(50, 1),
                torch.tensor([[2, 0], [0, 1]]).repeat(50, 1))
-    x = sample(sf, rm, sch, 100, 2, 8, "tweedie", clamp=per_row, generator=g)
+    x = sample(rm, sch, sf, 100, 2, 8, "tweedie", clamp=per_row, generator=g)
     assert (x[0::2, 0] == 2).all() and (x[1::2, 1] == 1).all()
     assert (x < 3).all()                                     # denoised: no MASK left
 
@@ -186,20 +186,20 @@ def test_clean_start_stays_put_under_absorbing(method):
     """Out of a clean token an absorbing chain has no reverse moves: x_T is returned as is."""
     rm, sch, p0, sf = toy("absorbing", n=3, d=2, seed=9)
     x_T = torch.tensor([[0, 1], [2, 2], [1, 0]])
-    assert torch.equal(sample(sf, rm, sch, 3, 2, 5, method, x_T=x_T), x_T)
+    assert torch.equal(sample(rm, sch, sf, 3, 2, 5, method, x_T=x_T), x_T)
 
 
 def test_generator_makes_sampling_reproducible():
     rm, sch, p0, sf = toy("uniform")
-    a = sample(sf, rm, sch, 64, 2, 4, "exact", generator=torch.Generator().manual_seed(5))
-    b = sample(sf, rm, sch, 64, 2, 4, "exact", generator=torch.Generator().manual_seed(5))
+    a = sample(rm, sch, sf, 64, 2, 4, "exact", generator=torch.Generator().manual_seed(5))
+    b = sample(rm, sch, sf, 64, 2, 4, "exact", generator=torch.Generator().manual_seed(5))
     assert torch.equal(a, b)
 
 
 def test_helpers():
     seqs = all_sequences(3, 2)
     assert seqs.shape == (9, 2) and seqs[5].tolist() == [1, 2]
-    t, sb = time_grid(ddlab.LogLinear(1e-3), 4, eps=1e-5)
+    t, sb = time_grid(ddlab.LogLinear(1e-3), 4, t_min=1e-5)
     assert t[0] == 1 and t[-1] == pytest.approx(1e-5) and torch.all(sb[:-1] > sb[1:])
     p = torch.tensor([0.5, 0.5, 0.0])
     q = torch.tensor([0.25, 0.5, 0.25])
@@ -213,6 +213,6 @@ def test_kl_vs_steps_one_token_tweedie_is_exact_and_euler_improves():
     n = 5
     p0 = torch.tensor([0.4, 0.3, 0.15, 0.1, 0.05], dtype=torch.float64)
     rm, sch = ddlab.Uniform(n), ddlab.Geometric(1e-3, 2.0)
-    curves = ddlab.sampling.kl_vs_steps(ddlab.exact_score_fn(p0, rm), rm, sch, 1, p0, [1, 4, 16])
+    curves = ddlab.sampling.kl_vs_steps(rm, sch, ddlab.exact_score_fn(p0, rm), 1, p0, [1, 4, 16])
     assert max(curves["tweedie"]) < 1e-10
     assert curves["euler"][0] > curves["euler"][1] > curves["euler"][2] > 0

@@ -146,7 +146,7 @@ def test_joint_posterior_is_bayes_by_hand():
     p0 = random_joint(n, d, 5, zeros=True)
     K = kron_transition(Q, 0.8, d)
     x_t = torch.tensor([[0, 2, 1], [1, 1, 1]])
-    post = S.joint_posterior(p0, ddlab.RateMatrix(Q), 0.8, x_t)
+    post = S.joint_posterior(ddlab.RateMatrix(Q), p0, 0.8, x_t)
     flat_p0 = p0.reshape(-1).numpy()
     for b in range(2):
         j = int(np.ravel_multi_index(x_t[b].numpy(), (n,) * d))
@@ -167,7 +167,7 @@ def test_exact_reverse_kernel_brute_force_and_tweedie_marginals(rm):
     ps = kron_transition(Q, sb - ds, d) @ p0.reshape(-1).numpy()
     Kd = kron_transition(Q, ds, d)
     x_t = torch.tensor([[0, 1, 2], [2, 2, 2], [1, 0, 2]])
-    kern = S.exact_reverse_kernel(p0, rm, sb, ds, x_t)
+    kern = S.exact_reverse_kernel(rm, p0, sb, ds, x_t)
     for b in range(3):
         j = int(np.ravel_multi_index(x_t[b].numpy(), (n,) * d))
         ref = ps * Kd[j, :]
@@ -177,17 +177,17 @@ def test_exact_reverse_kernel_brute_force_and_tweedie_marginals(rm):
     tw = rm.tweedie_probs(x_t, score, ds)
     assert torch.allclose(tw, S.token_posteriors(kern), atol=1e-12, rtol=0)
     # a step all the way to sigma_bar = 0 is the joint posterior
-    assert torch.allclose(S.exact_reverse_kernel(p0, rm, sb, sb, x_t),
-                          S.joint_posterior(p0, rm, sb, x_t), atol=1e-13)
+    assert torch.allclose(S.exact_reverse_kernel(rm, p0, sb, sb, x_t),
+                          S.joint_posterior(rm, p0, sb, x_t), atol=1e-13)
 
 
 def test_factorisation_kl_zero_for_independent_tokens_and_quadratic_in_step():
     rm = ddlab.Uniform(2)
     a = torch.tensor([0.2, 0.8], dtype=torch.float64)
     indep = a[:, None, None] * a[None, :, None] * a[None, None, :]
-    assert S.factorisation_kl(indep, rm, 0.9, 0.5).item() == pytest.approx(0.0, abs=1e-14)
+    assert S.factorisation_kl(rm, indep, 0.9, 0.5).item() == pytest.approx(0.0, abs=1e-14)
     p0 = S.parity_toy(3)
-    kls = [S.factorisation_kl(p0, rm, 0.5, ds).item() for ds in (0.004, 0.002)]
+    kls = [S.factorisation_kl(rm, p0, 0.5, ds).item() for ds in (0.004, 0.002)]
     assert kls[0] > 0 and kls[0] / kls[1] == pytest.approx(4.0, rel=0.05)
     # the full jump to sigma_bar = 0 costs the total correlation of the posterior: independent
     # check by Bayes over the Kronecker transition and numpy marginals for one x_t
@@ -199,7 +199,7 @@ def test_factorisation_kl_zero_for_independent_tokens_and_quadratic_in_step():
     prod = m0[:, None, None] * m1[None, :, None] * m2[None, None, :]
     keep = post > 0
     ref = (post[keep] * np.log(post[keep] / prod[keep])).sum()
-    assert S.factorisation_kl(p0, rm, 0.5, 0.5, x)[0].item() == pytest.approx(ref, rel=1e-10)
+    assert S.factorisation_kl(rm, p0, 0.5, 0.5, x)[0].item() == pytest.approx(ref, rel=1e-10)
 
 
 def test_kl_divergence_edges():
@@ -242,16 +242,16 @@ def test_clamped_sampling_exact_for_absorbing_biased_for_uniform():
     rm, sch = ddlab.Absorbing(5), ddlab.LogLinear(1e-3)
     f = S.exact_score_fn(p0m, rm, off_support="conditional")
     target = S.condition(p0m, clamp)
-    kl = [kl_divergence(target, exact_sampler_distribution(f, rm, sch, 3, k, "tweedie",
+    kl = [kl_divergence(target, exact_sampler_distribution(rm, sch, f, 3, k, "tweedie",
                                                            clamp=clamp)) for k in (4, 32)]
     assert kl[0] > 0.05 and kl[1] < 0.02 and kl[1] < kl[0] / 4
     p0u, _ = S.words_toy(words)
     rmu, geo = ddlab.Uniform(4), ddlab.Geometric(1e-3, 5.0)
     target_u = S.condition(p0u, clamp)
     biased = kl_divergence(target_u, exact_sampler_distribution(
-        S.exact_score_fn(p0u, rmu), rmu, geo, 3, 64, "tweedie", clamp=clamp))
+        rmu, geo, S.exact_score_fn(p0u, rmu), 3, 64, "tweedie", clamp=clamp))
     fixed = kl_divergence(target_u, exact_sampler_distribution(
-        S.exact_score_fn(target_u, rmu), rmu, geo, 3, 64, "tweedie", clamp=clamp))
+        rmu, geo, S.exact_score_fn(target_u, rmu), 3, 64, "tweedie", clamp=clamp))
     assert biased > 0.02 and fixed < 0.005
 
 

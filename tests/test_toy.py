@@ -58,13 +58,13 @@ def test_untrained_model_is_exact_for_uniform_p0(which):
         p0[-1] = 0
     p0 /= p0.sum()
     sbs = torch.tensor([1e-3, 0.2, 3.0], dtype=torch.float64)
-    got = losses.score_table(m.score_fn, rm, sbs)
+    got = losses.score_table(rm, m.score_fn, sbs)
     want = losses.true_score_table(rm, p0, sbs)
     rows = [n - 1] if absorbing else list(range(n))
     np.testing.assert_allclose(got[:, rows].detach().numpy(), want[:, rows].numpy(), rtol=1e-12, atol=0)
     # ... so its SE is zero and its expected DSE is the floor
     for k, sb in enumerate(sbs):
-        assert abs(losses.expected_loss("se", got[k], rm, p0, sb).item()) < 1e-12
+        assert abs(losses.expected_loss(rm, "se", got[k], p0, sb).item()) < 1e-12
 
 
 def test_table_interpolates_linearly_in_t():
@@ -98,7 +98,7 @@ def test_table_training_approaches_the_floor(which):
     torch.manual_seed(0)
     m = toy.TableScore(rm, sch, knots=8)
     g = torch.Generator().manual_seed(0)
-    h = toy.train_toy(m, rm, sch, p0, steps=300, batch=256, lr=0.1, generator=g,
+    h = toy.train_toy(rm, sch, m, p0, steps=300, batch=256, lr=0.1, generator=g,
                       progress=False, num_t=32, eval_every=300)
     floor, first, last = h["floor"], h["eval_loss"][0], h["eval_loss"][-1]
     assert floor > 0 and last >= floor - 1e-6
@@ -107,7 +107,7 @@ def test_table_training_approaches_the_floor(which):
     assert len(h["loss"]) == 300 and all(math.isfinite(v) for v in h["loss"])
     sb = sch.sigma_bar(0.7)
     with torch.no_grad():
-        learned = losses.score_table(m.score_fn, rm, sb).double()
+        learned = losses.score_table(rm, m.score_fn, sb).double()
     exact = losses.true_score_table(rm, p0, sb)
     pt = ddlab.marginal(rm, p0, sb)
     often = (pt[:, None] >= 0.05) & (pt[None, :] >= 0.05)
@@ -125,7 +125,7 @@ def test_training_with_d_greater_than_one_runs():
     p0 = torch.outer(toy.bimodal(n, absorbing=True), toy.bimodal(n, absorbing=True))
     torch.manual_seed(0)
     m = toy.MLPScore(rm, sch, d=d, hidden=16)
-    h = toy.train_toy(m, rm, sch, p0, steps=60, batch=128, lr=1e-2,
+    h = toy.train_toy(rm, sch, m, p0, steps=60, batch=128, lr=1e-2,
                       generator=torch.Generator().manual_seed(0), progress=False)
     assert h["floor"] is None and len(h["loss"]) == 60
     # the loss went down from the baseline: by 20-35% over seeds 0-5, so 10% is a real margin
@@ -142,11 +142,11 @@ def test_errors():
     with pytest.raises(ValueError, match="sigma_bar must be >= 0"):
         m.log_score(torch.tensor([[1]]), -0.1)
     with pytest.raises(ValueError, match="loss must be"):
-        toy.train_toy(m, rm, sch, toy.bimodal(4), 1, 1, 0.1, loss="kl")
+        toy.train_toy(rm, sch, m, toy.bimodal(4), 1, 1, 0.1, loss="kl")
     with pytest.raises(ValueError, match="p0 must have shape"):
-        toy.train_toy(m, rm, sch, toy.bimodal(5), 1, 1, 0.1)
+        toy.train_toy(rm, sch, m, toy.bimodal(5), 1, 1, 0.1)
     with pytest.raises(ValueError, match="n = 4 states but rm has n = 5"):
-        toy.train_toy(m, ddlab.Uniform(5), sch, toy.bimodal(5), 1, 1, 0.1)
+        toy.train_toy(ddlab.Uniform(5), sch, m, toy.bimodal(5), 1, 1, 0.1)
     with pytest.raises(ValueError, match="sigma_bar must be > 0"):
         toy.TableScore(ddlab.Absorbing(4), ddlab.LogLinear()).log_score(torch.tensor([[3]]), 0.0)
 
