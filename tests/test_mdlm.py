@@ -163,22 +163,22 @@ def test_mdlm_sample_matches_exact_law_of_tweedie_sampler():
     n, d, steps = 4, 2, 4
     rm, sch = ddlab.Absorbing(n), ddlab.LogLinear(1e-3)
     f = S.exact_score_fn(p0, rm, off_support="conditional")
-    law = exact_sampler_distribution(f, rm, sch, d, steps, "tweedie")
+    law = exact_sampler_distribution(rm, sch, f, d, steps, "tweedie")
     g = torch.Generator().manual_seed(0)
-    x = M.mdlm_sample(M.denoiser_fn_from_score_fn(f, n), sch, 6000, d, n, steps, generator=g)
+    x = M.mdlm_sample(sch, M.denoiser_fn_from_score_fn(f, n), 6000, d, n, steps, generator=g)
     assert not (x == n - 1).any()
     emp = torch.bincount(x[:, 0] * n + x[:, 1], minlength=n * n).double() / x.shape[0]
     tv = 0.5 * (emp - law.reshape(-1)).abs().sum().item()
     assert tv < 0.03, tv
     # with many steps both approach p0 itself
-    law64 = exact_sampler_distribution(f, rm, sch, d, 64, "tweedie")
+    law64 = exact_sampler_distribution(rm, sch, f, d, 64, "tweedie")
     assert 0.5 * (law64 - p0).abs().sum().item() < 0.02
 
 
 def test_mdlm_sample_clamp():
     p0, _ = S.words_toy(["ab", "ba", "bb", "ca"], mask=True)
     f = M.denoiser_fn_from_score_fn(S.exact_score_fn(p0, ddlab.Absorbing(4), off_support="conditional"), 4)
-    x = M.mdlm_sample(f, ddlab.LogLinear(1e-3), 200, 2, 4, 8,
+    x = M.mdlm_sample(ddlab.LogLinear(1e-3), f, 200, 2, 4, 8,
                       clamp=(torch.tensor([False, True]), torch.tensor([0, 0])),
                       generator=torch.Generator().manual_seed(1))
     assert torch.all(x[:, 1] == 0)
@@ -193,7 +193,7 @@ def test_mdlm_bound_equals_sedd_bound_and_exact_nll():
     f = S.exact_score_fn(p0, rm, off_support="conditional")
     x0 = torch.tensor([[2, 0, 1], [1, 0, 3], [3, 0, 1], [0, 1, 2]])
     g = torch.Generator().manual_seed(0)
-    mb, me = M.mdlm_nll_bound(M.denoiser_fn_from_score_fn(f, 5), x0, sch, 5, num_t=300,
+    mb, me = M.mdlm_nll_bound(sch, M.denoiser_fn_from_score_fn(f, 5), x0, 5, num_t=300,
                               generator=g, return_stderr=True)
     exact = exact_nll(p0, x0)
     assert torch.all((mb - exact).abs() < 4 * me + 0.01), (mb, exact, me)
