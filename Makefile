@@ -32,8 +32,11 @@ test-unit: $(STAMP)
 	$(PY) -m pytest -n $(PYTEST_WORKERS) tests
 
 # Each notebook stays on one worker (--dist loadfile): its cells share one kernel.
+# Their figures go to a temporary folder: the committed PNGs come from `make figures`, and a test
+# run must leave the work tree as it found it (the root conftest.py checks that).
 test-lessons: $(STAMP)
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --nbval-lax --nbval-current-env lessons/
+	@figs=$$(mktemp -d); trap 'rm -rf "$$figs"' EXIT; \
+	DDLAB_FIGURES=$$figs $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --nbval-lax --nbval-current-env lessons/
 
 # Lessons in a real browser: JupyterLab + Debian's headless Chromium driven by Playwright; runs
 # every lesson with widgets, moves each slider and dropdown, and saves screenshots to

@@ -76,11 +76,6 @@ def gillespie(rm, x0: int, schedule=None, t_end: float = 1.0, generator=None) ->
     return Path(np.array(times), np.array(states), float(t_end))
 
 
-def sample_forward(rm, x0, schedule, t, generator=None) -> torch.Tensor:
-    """Vectorised draw of x_t given x_0 for token tensors at time(s) t under a schedule."""
-    return rm.sample_transition(x0, schedule.sigma_bar(t), generator=generator)
-
-
 # ------------------------------------------------------------------- backward in time
 # Below this total noise, reverse_ode stops: rates into states that p0 leaves empty (e.g. out of
 # MASK) grow like 1 / sigma_bar, so sigma_bar = 0 itself is a singular point of the reverse ODE.
@@ -329,5 +324,5 @@ def frequencies_match(states, p, n_se: float = 4.0) -> bool:
     return bool(np.all(np.abs(freq - p) <= n_se * se))
 
 
-__all__ = ["frequencies_match", "Path", "gillespie", "sample_forward", "reverse_kernel", "reverse_paths",
+__all__ = ["frequencies_match", "Path", "gillespie", "reverse_kernel", "reverse_paths",
            "reverse_gillespie", "reverse_ode", "SIGMA_BAR_FLOOR"]

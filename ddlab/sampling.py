@@ -112,15 +112,6 @@ def time_grid(schedule, steps: int, t_min: float = 1e-5):
     return t, schedule.sigma_bar(t).to(torch.float64)
 
 
-def _base_distribution(rm) -> torch.Tensor:
-    """Per-token law at t = 1: all-MASK for Absorbing, the stationary law otherwise."""
-    if isinstance(rm, Absorbing):
-        pi = torch.zeros(rm.n, dtype=torch.float64)
-        pi[rm.mask] = 1.0
-        return pi
-    return rm.stationary().to(torch.float64)
-
-
 def _prepare_clamp(clamp, batch, d, n, device):
     """Turn ``clamp = (positions, values)`` into (mask (B, d) bool, values (B, d) long) or None."""
     if clamp is None:
@@ -229,7 +220,7 @@ def sample(rm, schedule, score_fn, batch, d, steps, method="tweedie", *, x_T=Non
     device = torch.device(device)
     clamp = _prepare_clamp(clamp, batch, d, rm.n, device)
     if x_T is None:
-        base = _base_distribution(rm).to(device)
+        base = rm.stationary().to(torch.float64).to(device)
         x = sample_categorical(base.expand(batch, d, rm.n), generator)
     else:
         x = as_tokens(x_T, rm.n, "x_T").to(device)
@@ -325,7 +316,7 @@ def exact_sampler_distribution(rm, schedule, score_fn, d, steps, method, *, clam
         return torch.where(frozen[None, :, None], onehot[None], probs)
 
     # initial law: product of the per-token base law, clamped positions pinned
-    base = pin(_base_distribution(rm).expand(1, d, n))
+    base = pin(rm.stationary().to(torch.float64).expand(1, d, n))
     law = _kernel(base, states)[0]
     t, sb = time_grid(schedule, steps, t_min)
     if method == "exact":

@@ -26,6 +26,7 @@ from .exact import marginal
 from .paths import reverse_ode
 from .plotting import PALETTE, figure
 from .rate_matrices import Absorbing, RateMatrix, Uniform
+from .sampling import METHODS
 from .schedules import Geometric, LogLinear
 
 KINDS = ("uniform", "absorbing", "custom")
@@ -209,7 +210,6 @@ def score_entropy_view(log10_r: float = -2.0, log10_s_over_r: float = 1.0, ax_lo
             "s_over_r": grid, "se_curve": se_curve, "csm_curve": csm_curve, "fig": fig}
 
 
-SAMPLER_METHODS = ("euler", "tweedie", "exact")
 SAMPLER_GRID = (1, 2, 4, 8, 16, 32, 64)
 
 
@@ -232,8 +232,8 @@ def sampler_view(method: str = "euler", steps: int = 4, ax_bars=None, ax_kl=None
     from .exact import kl_divergence
     from .sampling import exact_sampler_distribution, kl_vs_steps
     from .sequences import exact_score_fn
-    if method not in SAMPLER_METHODS:
-        raise ValueError(f"method must be one of {SAMPLER_METHODS}, got {method!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if isinstance(steps, bool) or int(steps) != steps or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     steps = int(steps)
@@ -302,12 +302,12 @@ WIDGETS = {
                                     "schedule": list(SCHEDULES)}),
     "learned_ratios_view": (learned_ratios_view, {"noise": ["absorbing", "uniform"],
                                                   "t": (0.02, 0.98)}),
-    "sampler_view": (sampler_view, {"method": list(SAMPLER_METHODS), "steps": (1, 64)}),
+    "sampler_view": (sampler_view, {"method": list(METHODS), "steps": (1, 64)}),
     "score_entropy_view": (score_entropy_view, {"log10_r": (-4.0, 1.0),
                                                 "log10_s_over_r": (-2.0, 2.0)}),
 }
 
 __all__ = ["KINDS", "SCHEDULES", "P0", "CUSTOM_Q", "toy_chain", "toy_schedule", "marginal_view",
-           "reverse_view", "learned_ratios_view", "SAMPLER_METHODS", "sampler_toy", "sampler_view",
+           "reverse_view", "learned_ratios_view", "sampler_toy", "sampler_view",
            "score_entropy_view",
            "WIDGETS"]
