@@ -1,6 +1,6 @@
 """Rate matrices (generators) of continuous-time Markov chains, dense and structured.
 
-Convention (DESIGN.md): ``Q[y, x]`` is the rate of jumping from x to y, off-diagonals are >= 0 and
+Convention (docs/design.md): ``Q[y, x]`` is the rate of jumping from x to y, off-diagonals are >= 0 and
 every column sums to zero. Distributions are column vectors, ``dp/dt = sigma(t) Q p``, and the
 transition matrix over a total noise ``sigma_bar`` is ``P = expm(sigma_bar Q)`` with
 ``P[y, x] = p(x_t = y | x_0 = x)``.

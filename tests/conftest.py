@@ -59,7 +59,7 @@ def make_generator():
 
 
 def reverse_by_definition(Q, p) -> np.ndarray:
-    """The reverse generator written out entry by entry from DESIGN.md, in numpy:
+    """The reverse generator written out entry by entry from docs/design.md, in numpy:
     Qbar[y, x] = p[y] / p[x] * Q[x, y] for y != x, a zero column where p[x] = 0 (the reverse chain
     is never there), diagonal minus the column sum."""
     n = len(p)

@@ -3,7 +3,7 @@ the score entropy against a brute-force loop, samplers against their laws (chi-s
 hypothesis properties of random generators.
 
 Every reference here is computed independently of ddlab: scipy.linalg.expm, mpmath at 40 digits,
-explicit numpy loops over the formulas of DESIGN.md.
+explicit numpy loops over the formulas of docs/design.md.
 """
 
 from __future__ import annotations
@@ -266,7 +266,7 @@ def test_tweedie_probs_with_exact_score_is_exact_reverse_step():
 
 # ------------------------------------------------------------------ score entropy
 def _score_entropy_loop(Q, log_score, x, x0, sb):
-    """The formula of DESIGN.md, term by term, with the transition from scipy."""
+    """The formula of docs/design.md, term by term, with the transition from scipy."""
     out = np.zeros(x.shape)
     n = Q.shape[0]
     for idx in np.ndindex(x.shape):

@@ -313,7 +313,7 @@ def widget_lessons() -> list[Path]:
 def test_lesson_callbacks_are_thin_and_registered():
     assert WIDGETS, IMPORT_ERROR or "WIDGETS is empty"
     lessons = widget_lessons()
-    assert lessons, (f"no lesson in {LESSONS} uses ipywidgets; DESIGN.md promises sliders in "
+    assert lessons, (f"no lesson in {LESSONS} uses ipywidgets; docs/design.md promises sliders in "
                      "lessons 1 and 2")
     registered, used, problems = registered_names(), set(), []
     for path in lessons:

@@ -210,7 +210,7 @@ def reader_page(browser, lab):
                          ids=[p.stem for p in WIDGET_LESSONS] or ["no-widget-lessons"])
 def test_lesson_in_browser(lesson, chromium, request):
     if lesson is None:
-        pytest.fail(f"no lesson in {LESSONS} uses ipywidgets; DESIGN.md promises sliders in "
+        pytest.fail(f"no lesson in {LESSONS} uses ipywidgets; docs/design.md promises sliders in "
                     "lessons 1 and 2, so this test has nothing to check", pytrace=False)
     # Started only now, so that the two early exits above cost no server and no browser.
     lab, browser = request.getfixturevalue("lab"), request.getfixturevalue("browser")
