@@ -46,18 +46,26 @@ def value_checks_enabled() -> bool:
     return _VALUE_CHECKS.get()
 
 
-def as_float(x, dtype=None) -> torch.Tensor:
+def as_float(x, dtype=None, name: str = "the input") -> torch.Tensor:
     """Return `x` as a floating tensor.
 
     Python numbers and numpy arrays become float64 (exact computations default to float64);
     floating tensors keep their dtype unless `dtype` is given; integer tensors become float64.
+    Anything that is not numeric raises ValueError naming ``name``.
     """
     if isinstance(x, torch.Tensor):
         t = x
+        if t.is_complex():
+            raise ValueError(f"{name} must be real, got a tensor of dtype {t.dtype}")
         if dtype is not None:
             return t.to(dtype)
         return t if t.is_floating_point() else t.to(torch.float64)
-    t = torch.as_tensor(np.asarray(x, dtype=np.float64))
+    try:
+        arr = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be numeric (a tensor, array or number), got "
+                         f"{x!r:.80}") from None
+    t = torch.as_tensor(arr)
     return t if dtype is None else t.to(dtype)
 
 
@@ -67,6 +75,8 @@ def as_tokens(x, n: int, name: str = "x") -> torch.Tensor:
         t = x
     else:
         arr = np.asarray(x)
+        if arr.dtype.kind not in "iubf":
+            raise ValueError(f"{name} must hold integer token ids, got {x!r:.80}")
         if arr.dtype.kind not in "iub":
             if arr.size and not np.all(np.equal(np.mod(arr, 1), 0)):
                 raise ValueError(f"{name} must hold integer token ids, got {arr!r}")
@@ -153,6 +163,54 @@ def check_shape(t: torch.Tensor, shape, name: str) -> None:
 
 
 
+
+def _scalar(v, name: str):
+    """A Python number from a Python, numpy or 0-d tensor scalar (bool refused), else None."""
+    if isinstance(v, bool) or isinstance(v, np.bool_):
+        return None
+    if isinstance(v, torch.Tensor):
+        if v.dim() != 0 or v.dtype == torch.bool or v.is_complex():
+            return None
+        return v.item()
+    if isinstance(v, (int, float, np.integer, np.floating)):
+        return v.item() if isinstance(v, np.generic) else v
+    return None
+
+
+def as_int(v, name: str, least: int | None = None) -> int:
+    """An integer argument (Python, numpy or 0-d tensor integer), optionally >= ``least``."""
+    x = _scalar(v, name)
+    if not isinstance(x, int):
+        raise ValueError(f"{name} must be an integer, got {v!r}")
+    if least is not None and x < least:
+        raise ValueError(f"{name} must be an integer >= {least}, got {x}")
+    return x
+
+
+def as_real(v, name: str, lo: float | None = None, hi: float | None = None, *,
+            lo_closed: bool = False, hi_closed: bool = False) -> float:
+    """A finite real argument (Python, numpy or 0-d tensor number) in the interval given."""
+    x = _scalar(v, name)
+    if x is None or not np.isfinite(x):
+        raise ValueError(f"{name} must be a finite real number, got {v!r}")
+    x = float(x)
+    below = lo is not None and (x < lo if lo_closed else x <= lo)
+    above = hi is not None and (x > hi if hi_closed else x >= hi)
+    if below or above:
+        left = "-inf" if lo is None else f"{lo:g}"
+        right = "inf" if hi is None else f"{hi:g}"
+        interval = ("[" if lo_closed else "(") + f"{left}, {right}" + ("]" if hi_closed else ")")
+        raise ValueError(f"{name} must lie in {interval}, got {x!r}")
+    return x
+
+def check_schedule(schedule, name: str = "schedule"):
+    """A noise schedule: an object with ``sigma(t)`` and ``sigma_bar(t)`` (ddlab.LogLinear, ...)."""
+    if not all(callable(getattr(schedule, m, None)) for m in ("sigma", "sigma_bar")):
+        raise ValueError(f"{name} must be a noise schedule with sigma(t) and sigma_bar(t) methods "
+                         f"(e.g. ddlab.LogLinear(1e-3)), got {schedule!r}")
+    return schedule
+
+
 def check_generator(Q, atol: float = 1e-8) -> torch.Tensor:
     """Return Q as a float64 generator, checking it (lesson 1; ``RateMatrix`` calls this).
 
@@ -160,7 +218,9 @@ def check_generator(Q, atol: float = 1e-8) -> torch.Tensor:
     ``atol * (1 + max|Q|)``: ``Q[y, x]`` is the rate x -> y, so the diagonal entry of a column
     is minus the sum of its off-diagonals.
     """
-    Q = as_float(Q, torch.float64)
+    atol = as_real(atol, "atol", 0.0, None, lo_closed=True)
+    given = Q.dtype if isinstance(Q, torch.Tensor) else getattr(np.asarray(Q), "dtype", None)
+    Q = as_float(Q, torch.float64, "Q")
     if Q.dim() != 2 or Q.shape[0] != Q.shape[1]:
         raise ValueError(f"Q must be a square (n, n) matrix, got shape {tuple(Q.shape)}")
     n = Q.shape[0]
@@ -174,12 +234,18 @@ def check_generator(Q, atol: float = 1e-8) -> torch.Tensor:
         raise ValueError(f"Q[{y}, {x}] = {Q[y, x].item():.6g} is a negative off-diagonal rate; "
                          f"rates between different states must be >= 0")
     col = Q.sum(0)
-    tol = atol * (1.0 + Q.abs().max().item())
+    # a Q given in float32 carries its rounding: a column of n entries sums to ~n * eps32 |Q|
+    try:
+        eps_in = torch.finfo(given).eps if isinstance(given, torch.dtype) else np.finfo(given).eps
+    except (TypeError, ValueError):
+        eps_in = 0.0
+    tol = max(atol, 4 * n * eps_in) * (1.0 + Q.abs().max().item())
     if (col.abs() > tol).any():
         x = int(col.abs().argmax())
         raise ValueError(f"column {x} of Q sums to {col[x].item():.6g}, expected 0 "
-                         f"(tolerance {tol:.1e}); Q[y, x] is the rate x -> y, so each "
-                         f"diagonal entry must be minus the sum of its column's off-diagonals")
+                         f"(tolerance {tol:.1e}, set by atol = {atol:g}); Q[y, x] is the rate "
+                         f"x -> y, so each diagonal entry must be minus the sum of its column's "
+                         f"off-diagonals (pass a larger atol= for a Q with rounding error)")
     return Q
 
 

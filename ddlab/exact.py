@@ -7,6 +7,8 @@ against.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ._checks import (as_float, as_rate_matrix, as_tokens, broadcast, check_distribution,
@@ -131,12 +133,26 @@ def posterior(rm, p0, sigma_bar) -> torch.Tensor:
                        torch.zeros_like(joint))
 
 
+# tweedie_denoiser answers only when its estimated rounding error is below this (absolute, on
+# probabilities); past it, the score no longer holds the posterior to this accuracy in float64.
+TWEEDIE_ATOL = 1e-10
+_EPS64 = torch.finfo(torch.float64).eps
+
+
 def tweedie_denoiser(rm, sigma_bar, score, x) -> torch.Tensor:
     """Discrete Tweedie: the clean-data posterior from the score at one state (lesson 2).
 
     ``p_{0|t}(x0 | x) = (expm(-sigma_bar Q) s(x))[x0] * expm(sigma_bar Q)[x, x0]`` where
     ``s(x)_y = p_t(y) / p_t(x)``. With the exact score this equals ``posterior(...)[:, x]``;
     nothing is clipped, so an inexact score can give small negative entries.
+
+    Precision: the inverse transition amplifies the rounding of the score by up to
+    ``max (|expm(-sigma_bar Q)| s)`` (``e^{n sigma_bar}`` for ``Uniform(n)``; ``e^{sigma_bar}``,
+    largely cancelled, for ``Absorbing``), so past some noise level no float64 computation can
+    recover p_{0|t} from a score. The function estimates the rounding error of every entry and
+    raises ValueError, saying where the limit lies, when it exceeds ``TWEEDIE_ATOL`` = 1e-10 or
+    when an intermediate overflows; it never returns a wrong distribution. ``ddlab.posterior``
+    computes the same posterior from p0 at any noise level. Scores must be >= 0.
     """
     rm = as_rate_matrix(rm)
     x = as_tokens(x, rm.n, "x")
@@ -145,9 +161,41 @@ def tweedie_denoiser(rm, sigma_bar, score, x) -> torch.Tensor:
     check_shape(score, tuple(x.shape) + (rm.n,), "score")
     if not torch.isfinite(score).all():
         raise ValueError("score must be finite")
+    if (score < 0).any():
+        raise ValueError(f"score must be >= 0 (it holds ratios of probabilities), got "
+                         f"{score.min().item():.6g}")
     sb = broadcast(sb, x.shape, "sigma_bar", "the shape of x")
-    return rm.apply_inverse_transition(score, sb) * rm.transition_to(x, sb).to(torch.float64)
+    # |expm(-sb Q)| s bounds what the rounding of s and of the product can reach (dense: a toy)
+    M = torch.linalg.matrix_exp(-sb.reshape(-1, 1, 1) * rm.Q).reshape(*sb.shape, rm.n, rm.n)
+    P_x = rm.transition_to(x, sb).to(torch.float64)
+    amp = (M.abs() @ score[..., None])[..., 0] * P_x
+    err = 4 * rm.n * _EPS64 * amp
+    bad = ~torch.isfinite(err) | (err > TWEEDIE_ATOL)
+    if bad.any():
+        idx = tuple(bad.nonzero()[0].tolist())[:-1]
+        where = float(sb[idx])
+        worst = err[idx].max().item()
+        how = (f"amplifies the score's rounding to an estimated error of {worst:.1e} "
+               f"(> {TWEEDIE_ATOL:g})" if math.isfinite(worst) else "overflows float64")
+        raise ValueError(
+            f"tweedie_denoiser cannot recover p_0|t from a score at sigma_bar = {where:.6g} in "
+            f"float64: expm(-sigma_bar Q) {how}{_tweedie_limit(rm)}. Use ddlab.posterior(rm, "
+            f"p0, sigma_bar) for the exact posterior at this noise level")
+    return rm.apply_inverse_transition(score, sb) * P_x
+
+
+def _tweedie_limit(rm) -> str:
+    """Where precision runs out, in words, for the structured chains (a closed form)."""
+    from .rate_matrices import Absorbing, Uniform
+    if isinstance(rm, Uniform):
+        limit = math.log(TWEEDIE_ATOL / (8 * rm.n * _EPS64)) / rm.n
+        return (f"; for Uniform({rm.n}) the amplification is e^(n sigma_bar), and precision is "
+                f"lost from about sigma_bar = {limit:.3g}")
+    if isinstance(rm, Absorbing):
+        return ("; for Absorbing the ratios out of MASK fall like e^(-sigma_bar) and underflow "
+                "float64 near sigma_bar = 700")
+    return ""
 
 
 __all__ = ["marginal", "concrete_score", "reverse_rate_matrix", "posterior", "tweedie_denoiser",
-           "kl_divergence", "OFF_SUPPORT"]
+           "kl_divergence", "OFF_SUPPORT", "TWEEDIE_ATOL"]

@@ -53,7 +53,7 @@ import math
 
 import torch
 
-from ._checks import as_batch, as_float, as_rate_matrix, as_tokens
+from ._checks import as_batch, as_float, as_int, as_rate_matrix, as_real, as_tokens, check_schedule
 from ._numerics import kl_rows, log_expm1
 from .losses import LOG_FLOOR, dwdse, stratified_stderr, stratified_times
 from .rate_matrices import Absorbing
@@ -66,10 +66,8 @@ def _check_x0(x0, n):
     return as_batch(x0, n, "x0")
 
 
-def _check_t_min(t_min):
-    if not (isinstance(t_min, (int, float)) and 0 < t_min < 1):
-        raise ValueError(f"t_min must lie in (0, 1) (the smallest time of the integral), "
-                         f"got {t_min!r}")
+def _check_t_min(t_min) -> float:
+    return as_real(t_min, "t_min (the smallest time of the integral)", 0.0, 1.0)
 
 
 def prior_kl(rm, x0, sigma_bar_T) -> torch.Tensor:
@@ -129,9 +127,9 @@ def nll_bound(score_fn, x0, rm, schedule, num_t=64, *, generator=None, t_min=1e-
     """
     rm = as_rate_matrix(rm)
     x0 = _check_x0(x0, rm.n)
-    if isinstance(num_t, bool) or not isinstance(num_t, int) or num_t < 1:
-        raise ValueError(f"num_t must be a positive integer, got {num_t!r}")
-    _check_t_min(t_min)
+    num_t = as_int(num_t, "num_t", 1)
+    t_min = _check_t_min(t_min)
+    check_schedule(schedule)
     device = x0.device
     B = x0.shape[0]
     f64 = dict(dtype=torch.float64, device=device)

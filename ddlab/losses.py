@@ -31,7 +31,8 @@ import math
 import numpy as np
 import torch
 
-from ._checks import as_float, as_rate_matrix, as_tokens, check_distribution, check_sigma_bar
+from ._checks import (as_float, as_int, as_rate_matrix, as_tokens, check_distribution,
+                      check_sigma_bar)
 from ._numerics import K as _K
 from .exact import concrete_score, marginal
 
@@ -351,8 +352,7 @@ def _check_sb(sigma_bar):
 
 
 def _gauss_legendre(num_t, t_min, t_max):
-    if not (isinstance(num_t, int) and num_t >= 1):
-        raise ValueError(f"num_t must be a positive integer, got {num_t!r}")
+    num_t = as_int(num_t, "num_t", 1)
     if not (0 <= t_min < t_max <= 1):
         raise ValueError(f"need 0 <= t_min < t_max <= 1, got t_min = {t_min!r}, t_max = {t_max!r}")
     u, w = np.polynomial.legendre.leggauss(num_t)

@@ -36,7 +36,8 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import as_float, as_tokens, check_shape, check_sigma_bar, check_time
+from ._checks import (as_float, as_int, as_real, as_tokens, check_schedule, check_shape,
+                      check_sigma_bar, check_time)
 from ._numerics import log_expm1
 from .losses import LOG_FLOOR, dwdse, stratified_stderr, stratified_times
 from .rate_matrices import Absorbing, sample_categorical
@@ -242,13 +243,10 @@ def mdlm_sample(schedule, denoiser_fn, batch: int, d: int, n: int, steps: int, *
     does with ``denoise=True``). ``clamp = (positions, values)`` as in ``ddlab.sampling.sample``
     pins those positions (prompting, infilling). Returns (batch, d) int64 with no MASK left.
     """
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
-    if not (isinstance(n, int) and n >= 2 and isinstance(d, int) and d >= 1
-            and isinstance(batch, int) and batch >= 1):
-        raise ValueError(f"need integers batch >= 1, d >= 1, n >= 2; got {batch!r}, {d!r}, {n!r}")
-    if not 0 < t_min < 1:
-        raise ValueError(f"t_min must lie in (0, 1), got {t_min!r}")
+    steps, batch = as_int(steps, "steps", 1), as_int(batch, "batch", 1)
+    d, n = as_int(d, "d", 1), as_int(n, "n", 2)
+    t_min = as_real(t_min, "t_min", 0.0, 1.0)
+    check_schedule(schedule)
     x = torch.full((batch, d), n - 1, dtype=torch.long)
     pos, val = _clamp_tensors(clamp, batch, d, n)
     ts = torch.linspace(1.0, t_min, steps + 1, dtype=torch.float64)
@@ -295,10 +293,9 @@ def mdlm_nll_bound(schedule, denoiser_fn, x0, n: int, num_t: int = 64, *, t_min:
     """
     rm = Absorbing(n)
     x0 = _check_batch(x0, n, "x0")
-    if not isinstance(num_t, int) or num_t < 1:
-        raise ValueError(f"num_t must be a positive integer, got {num_t!r}")
-    if not 0 < t_min < 1:
-        raise ValueError(f"t_min must lie in (0, 1), got {t_min!r}")
+    num_t = as_int(num_t, "num_t", 1)
+    t_min = as_real(t_min, "t_min", 0.0, 1.0)
+    check_schedule(schedule)
     t = stratified_times(num_t, t_min, batch=x0.shape[0], generator=generator)   # (num_t, B)
 
     def log_score_fn(x_t, sb):

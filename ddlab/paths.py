@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ._checks import as_float, as_tokens, check_distribution, check_sigma_bar, check_time
+from ._checks import (as_float, as_int, as_real, as_tokens, check_distribution, check_sigma_bar,
+                      check_time)
 from .exact import as_rate_matrix, marginal, posterior, reverse_rate_matrix
 from .rate_matrices import sample_categorical
 
@@ -143,8 +144,7 @@ def reverse_paths(rm, schedule, p0, num_paths: int, times, generator=None) -> to
     """
     rm = as_rate_matrix(rm)
     p0 = _check_p0(rm, p0)
-    if isinstance(num_paths, bool) or not isinstance(num_paths, int) or num_paths < 1:
-        raise ValueError(f"num_paths must be a positive integer, got {num_paths!r}")
+    num_paths = as_int(num_paths, "num_paths", 1)
     _, sb = _grid_sigma_bar(schedule, times)
     K = sb.shape[0]
     out = torch.empty(num_paths, K, dtype=torch.long)
@@ -265,8 +265,7 @@ def reverse_ode(rm, schedule, p0, times, q_T=None, step: float = 0.05) -> torch.
     """
     rm = as_rate_matrix(rm)
     p0 = _check_p0(rm, p0)
-    if isinstance(step, bool) or not (isinstance(step, (int, float)) and 0 < step <= 1):
-        raise ValueError(f"step must be a number in (0, 1], got {step!r}")
+    step = as_real(step, "step", 0.0, 1.0, hi_closed=True)
     _, sb = _grid_sigma_bar(schedule, times)
     if q_T is None:
         q = marginal(rm, p0, sb[-1]).numpy().copy()

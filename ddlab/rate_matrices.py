@@ -131,11 +131,24 @@ class RateMatrix:
         return self._Q.to(x.device)[x]
 
     def apply_inverse_transition(self, v, dsigma) -> torch.Tensor:
-        """``expm(-dsigma Q) v`` for each token's vector v (shape S + (n,)), as used by Tweedie."""
+        """``expm(-dsigma Q) v`` for each token's vector v (shape S + (n,)), as used by Tweedie.
+
+        The inverse transition grows like ``e^{n dsigma}`` (Uniform) or ``e^{dsigma}``
+        (Absorbing); where the result overflows float, ValueError says so instead of returning
+        inf or NaN.
+        """
         v = self._check_vectors(v, "v")
-        ds = check_sigma_bar(dsigma, "dsigma")
-        ds = broadcast(ds, v.shape[:-1], "dsigma", "the shape of v without its last axis",
-                       device=v.device)
+        ds = broadcast(check_sigma_bar(dsigma, "dsigma").to(v.dtype), v.shape[:-1], "dsigma",
+                       "the shape of v without its last axis", device=v.device)
+        out = self._apply_inverse_transition(v, ds)
+        if value_checks_enabled() and not torch.isfinite(out).all():
+            worst = ds.max().item() if ds.numel() else float(ds)
+            raise ValueError(f"expm(-dsigma Q) v overflows {v.dtype} at dsigma = {worst:.6g}: "
+                             f"the inverse transition amplifies by up to e^(n dsigma) "
+                             f"(n = {self.n}), beyond what the float type holds")
+        return out
+
+    def _apply_inverse_transition(self, v, ds):
         Pinv = self._per_token_P(-ds)   # matrix_exp of -dsigma Q; dsigma was checked >= 0 above
         return (Pinv.to(v.dtype) @ v[..., None])[..., 0]
 
@@ -151,9 +164,21 @@ class RateMatrix:
         ``sum_{y != x} Q[x, y] (s_y - r_y log s_y + K(r_y))`` with ``s = exp(log_score)``,
         ``r_y = p(y | x0) / p(x | x0)`` and ``K(a) = a (log a - 1)``. It is >= 0, and exactly 0
         when s equals the conditional ratio r. ``x`` must be reachable from ``x0`` (p(x | x0) > 0).
-        The result has the dtype of ``log_score``.
+        The result has the dtype of ``log_score``. The ratios grow like 1 / sigma_bar at low
+        noise; where the loss overflows that dtype (float32 below sigma_bar ~ 1e-38), ValueError
+        says so rather than returning inf or NaN (computed in float64 it stays finite).
         """
-        log_score, x, x0, sb = self._loss_inputs(log_score, x, x0, sigma_bar)
+        args = self._loss_inputs(log_score, x, x0, sigma_bar)
+        loss = self._score_entropy(*args)
+        if value_checks_enabled() and not torch.isfinite(loss).all():
+            sb = args[3]
+            raise ValueError(f"the score entropy overflows {loss.dtype} at sigma_bar = "
+                             f"{sb[~torch.isfinite(loss)].min().item():.3g}: the conditional "
+                             f"ratios ~ 1 / sigma_bar exceed its range; pass log_score in "
+                             f"float64 or use a larger sigma_bar")
+        return loss
+
+    def _score_entropy(self, log_score, x, x0, sb):
         r = self.conditional_ratios(x, x0, sb).to(log_score.dtype)
         w = self.rates_into(x).to(log_score.dtype)
         w = w.scatter(-1, x[..., None], 0.0)        # the sum runs over y != x
@@ -230,13 +255,17 @@ class RateMatrix:
         return x, sb
 
     def _check_vectors(self, v, name: str) -> torch.Tensor:
-        """Per-token vectors (scores, v): float, last axis of size n, finite."""
+        """Per-token vectors: float, last axis of size n, finite; a ``score`` also >= 0."""
         v = as_float(v)
         if v.dim() == 0 or v.shape[-1] != self.n:
             raise ValueError(f"{name} has shape {tuple(v.shape)}, expected a last axis of size "
                              f"n = {self.n} (one entry per state)")
-        if value_checks_enabled() and not torch.isfinite(v).all():
-            raise ValueError(f"{name} must be finite, got a NaN or infinite entry")
+        if value_checks_enabled():
+            if not torch.isfinite(v).all():
+                raise ValueError(f"{name} must be finite, got a NaN or infinite entry")
+            if name == "score" and (v < 0).any():
+                raise ValueError(f"score must be >= 0 (ratios of probabilities), got "
+                                 f"{v.min().item():.6g}")
         return v
 
     def _loss_inputs(self, log_score, x, x0, sigma_bar):
@@ -301,11 +330,8 @@ class Uniform(RateMatrix):
         out = torch.ones(*x.shape, self.n, dtype=torch.float64, device=x.device)
         return out.scatter_(-1, x[..., None], 1.0 - self.n)
 
-    def apply_inverse_transition(self, v, dsigma):
+    def _apply_inverse_transition(self, v, ds):
         # expm(-d Q) = e^{n d} I + (1 - e^{n d}) / n  (the same closed form at negative time)
-        v = self._check_vectors(v, "v")
-        ds = broadcast(check_sigma_bar(dsigma, "dsigma").to(v.dtype), v.shape[:-1], "dsigma",
-                       "the shape of v without its last axis", device=v.device)
         nd = self.n * ds
         return torch.exp(nd)[..., None] * v - (torch.expm1(nd) / self.n)[..., None] * v.sum(-1, keepdim=True)
 
@@ -321,8 +347,7 @@ class Uniform(RateMatrix):
         fresh = torch.randint(0, self.n, x0.shape, generator=generator, device=x0.device)
         return torch.where(u < move.to(torch.float64), fresh, x0)
 
-    def score_entropy(self, log_score, x, x0, sigma_bar):
-        log_score, x, x0, sb = self._loss_inputs(log_score, x, x0, sigma_bar)
+    def _score_entropy(self, log_score, x, x0, sb):
         n = self.n
         sb = sb.to(log_score.dtype)
         # r for the clean token when x != x0: p(x0|x0)/p(x|x0) = 1 + n / (e^{n sb} - 1); other y: 1.
@@ -396,11 +421,8 @@ class Absorbing(RateMatrix):
             -1, x[..., None], -1.0)
         return torch.where((x == self.mask)[..., None], mask_row, clean)
 
-    def apply_inverse_transition(self, v, dsigma):
+    def _apply_inverse_transition(self, v, ds):
         # expm(-d Q): clean entries scale by e^{d}; MASK gets v_M + (1 - e^{d}) sum_{y<M} v_y
-        v = self._check_vectors(v, "v")
-        ds = broadcast(check_sigma_bar(dsigma, "dsigma").to(v.dtype), v.shape[:-1], "dsigma",
-                       "the shape of v without its last axis", device=v.device)
         clean_sum = v[..., : self.mask].sum(-1)
         out = torch.exp(ds)[..., None] * v
         out[..., self.mask] = v[..., self.mask] - torch.expm1(ds) * clean_sum
@@ -419,8 +441,7 @@ class Absorbing(RateMatrix):
         masked = u < (-torch.expm1(-sb)).to(torch.float64)
         return torch.where(masked, torch.full_like(x0, self.mask), x0)
 
-    def score_entropy(self, log_score, x, x0, sigma_bar):
-        log_score, x, x0, sb = self._loss_inputs(log_score, x, x0, sigma_bar)
+    def _score_entropy(self, log_score, x, x0, sb):
         M = self.mask
         if value_checks_enabled() and ((x != M) & (x != x0)).any():
             raise ValueError("some x_t cannot be reached from its x0: an absorbing chain only keeps "

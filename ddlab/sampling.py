@@ -40,7 +40,7 @@ import math
 
 import torch
 
-from ._checks import as_rate_matrix, as_tokens, check_time
+from ._checks import as_int, as_rate_matrix, as_real, as_tokens, check_schedule, check_time
 from .exact import kl_divergence
 from .rate_matrices import Absorbing, sample_categorical
 from .sequences import all_sequences, flat_strides
@@ -87,21 +87,14 @@ def _score(score_fn, x, sigma_bar: float, n: int) -> torch.Tensor:
     return s.scatter(-1, x[..., None], 1.0)
 
 
-def _check_int(name, v, least=1):
-    if isinstance(v, bool) or not isinstance(v, int) or v < least:
-        raise ValueError(f"{name} must be an integer >= {least}, got {v!r}")
-
-
 def _check_common(rm, schedule, d, steps, method, t_min):
     rm = as_rate_matrix(rm)
-    _check_int("d", d)
-    _check_int("steps", steps)
+    as_int(d, "d", 1)
+    as_int(steps, "steps", 1)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if not (isinstance(t_min, (int, float)) and 0 < t_min < 1):
-        raise ValueError(f"t_min must lie in (0, 1) (the last time of the grid), got {t_min!r}")
-    if not (hasattr(schedule, "sigma_bar") and callable(schedule.sigma_bar)):
-        raise ValueError(f"schedule must have a sigma_bar(t) method, got {schedule!r}")
+    as_real(t_min, "t_min (the last time of the grid)", 0.0, 1.0)
+    check_schedule(schedule)
     return rm
 
 
@@ -213,7 +206,7 @@ def sample(rm, schedule, score_fn, batch, d, steps, method="tweedie", *, x_T=Non
     d) int64.
     """
     rm = _check_common(rm, schedule, d, steps, method, t_min)
-    _check_int("batch", batch)
+    as_int(batch, "batch", 1)
     if device is None:
         device = x_T.device if isinstance(x_T, torch.Tensor) else (
             generator.device if generator is not None else torch.device("cpu"))

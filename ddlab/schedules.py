@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from ._checks import as_float, check_sigma_bar, check_time
+from ._checks import as_float, as_real, check_sigma_bar, check_time
 
 
 class LogLinear:
@@ -26,9 +26,7 @@ class LogLinear:
     """
 
     def __init__(self, eps: float = 1e-3):
-        if not (isinstance(eps, (int, float)) and 0 < eps < 1):
-            raise ValueError(f"LogLinear(eps) needs 0 < eps < 1, got eps = {eps!r}")
-        self.eps = float(eps)
+        self.eps = as_real(eps, "LogLinear(eps): eps", 0.0, 1.0)
 
     def __repr__(self):
         return f"LogLinear(eps={self.eps:g})"
@@ -63,12 +61,12 @@ class Geometric:
     """
 
     def __init__(self, sigma_min: float = 1e-4, sigma_max: float = 20.0):
-        if not (isinstance(sigma_min, (int, float)) and isinstance(sigma_max, (int, float))
-                and 0 < sigma_min < sigma_max and math.isfinite(sigma_max)):
+        sigma_min = as_real(sigma_min, "Geometric: sigma_min", 0.0)
+        sigma_max = as_real(sigma_max, "Geometric: sigma_max", 0.0)
+        if not sigma_min < sigma_max:
             raise ValueError(f"Geometric needs 0 < sigma_min < sigma_max < inf, got "
                              f"sigma_min = {sigma_min!r}, sigma_max = {sigma_max!r}")
-        self.sigma_min = float(sigma_min)
-        self.sigma_max = float(sigma_max)
+        self.sigma_min, self.sigma_max = sigma_min, sigma_max
 
     def __repr__(self):
         return f"Geometric(sigma_min={self.sigma_min:g}, sigma_max={self.sigma_max:g})"

@@ -100,6 +100,9 @@ def _check_joint(p0, n: int | None = None, name: str = "p0") -> torch.Tensor:
         n = p0.shape[0] if p0.dim() else 0
     if p0.dim() < 1 or any(s != n for s in p0.shape):
         raise ValueError(f"{name} must have shape (n,)*d with n = {n}, got shape {tuple(p0.shape)}")
+    # before any elementwise check: a broadcast (zero-stride) p0 is tiny in memory, but every
+    # check and every computation on it materialises all n^d entries
+    check_memory(n, p0.dim(), 2, None, f"a joint {name}")
     if not torch.isfinite(p0).all():
         raise ValueError(f"{name} must be finite, got a NaN or infinite entry")
     if (p0 < 0).any():

@@ -99,11 +99,11 @@ def test_t_of_outside_range_raises():
 
 @pytest.mark.parametrize("args", [(0.0,), (1.0,), (-0.5,), ("0.1",)])
 def test_loglinear_bad_eps(args):
-    with pytest.raises(ValueError, match="LogLinear\\(eps\\) needs 0 < eps < 1"):
+    with pytest.raises(ValueError, match="LogLinear\\(eps\\): eps must"):
         ddlab.LogLinear(*args)
 
 
 @pytest.mark.parametrize("args", [(1.0, 0.5), (0.0, 1.0), (1e-3, float("inf")), (-1.0, 2.0)])
 def test_geometric_bad_bounds(args):
-    with pytest.raises(ValueError, match="Geometric needs 0 < sigma_min < sigma_max < inf"):
+    with pytest.raises(ValueError, match="Geometric.*sigma_m(in|ax)"):
         ddlab.Geometric(*args)

@@ -231,9 +231,14 @@ def test_non_finite_scores_refused(rm):
         rm.score_entropy(torch.log(torch.zeros(2, 3)), x, x, 0.5)
     with pytest.raises(ValueError, match="score must be finite"):
         ddlab.tweedie_denoiser(rm, 0.5, torch.tensor([1.0, float("inf"), 1.0]), 0)
-    # a negative "score" leaves nothing after clipping: refused rather than divided by zero
+    # a negative "score" is no ratio of probabilities: refused by every step, not clipped away
+    for step in (lambda s: rm.reverse_rates(x, s), lambda s: rm.euler_probs(x, s, 0.1),
+                 lambda s: rm.tweedie_probs(x, s, 0.1)):
+        with pytest.raises(ValueError, match="score must be >= 0"):
+            step(-torch.ones(2, 3))
+    # an all-zero score is a valid ratio vector, but leaves a step no distribution
     with pytest.raises(ValueError, match="all-zero or non-finite distribution over next states"):
-        rm.tweedie_probs(x, -torch.ones(2, 3), 0.1)
+        rm.tweedie_probs(x, torch.zeros(2, 3), 0.1)
 
 
 def test_score_entropy_unreachable_x_t():
