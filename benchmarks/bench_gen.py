@@ -4,13 +4,13 @@
            [--batch 16] [--json out.json]
     python benchmarks/bench_gen.py --report a.json [b.json ...] [--figure path.png]
 
-A diffusion run (absorb or uniform, from ``python -m ddlab.train``) draws ``--batch`` sequences of
-its full length (seq_len) with ``ddlab.sample.generate`` at each number of steps, for each sampler,
-from the same seed; the AR baseline run scores them (``ddlab.sample.generative_bpc``: bits/char,
-perplexity = 2 ** bits/char). Beside each score: its standard error over the samples, and the
-unigram entropy of the samples (``ddlab.sample.unigram_entropy``), because a sampler that repeats
-a few characters also scores well under an AR model. The reference row scores real test text of
-the same length.
+A diffusion run (absorb or uniform, from ``python -m ddlab.text.train``) draws ``--batch``
+sequences of its full length (seq_len) with ``ddlab.text.generate.generate`` at each number of
+steps, for each sampler, from the same seed; the AR baseline run scores them
+(``ddlab.text.generate.generative_bpc``: bits/char, perplexity = 2 ** bits/char). Beside each
+score: its standard error over the samples, and the unigram entropy of the samples
+(``ddlab.text.generate.unigram_entropy``), because a sampler that repeats a few characters also
+scores well under an AR model. The reference row scores real test text of the same length.
 
 On a 2-core CPU the samplers can run as two processes (``--samplers euler --json e.json`` and
 ``--samplers tweedie --json t.json``), then ``--report e.json t.json`` prints one table and draws
@@ -28,9 +28,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ddlab import data                                                    # noqa: E402
-from ddlab.sample import ar_score, sample_quality                         # noqa: E402
-from ddlab.train import load_model                                        # noqa: E402
+from ddlab.text import data                                               # noqa: E402
+from ddlab.text.checkpoint import load_model                              # noqa: E402
+from ddlab.text.generate import ar_score, sample_quality                  # noqa: E402
 
 
 def measure(args) -> dict:
@@ -55,7 +55,7 @@ def measure(args) -> dict:
               f"bits/char, unigram entropy {row['entropy']:.2f} bits, {row['seconds']:.1f} s",
               flush=True)
 
-    rows = sample_quality(sedd, rm, schedule, ar, [int(s) for s in args.steps.split(",")],
+    rows = sample_quality(rm, schedule, sedd, ar, [int(s) for s in args.steps.split(",")],
                           args.samplers.split(","), batch=args.batch, d=d, seed=args.seed,
                           log=show)
     for row in rows:

@@ -17,8 +17,9 @@ Steps of the three are interleaved and the median of each is reported, which mak
 robust to a shared, noisy machine.
 
 GPU throughput (``--gpu``): tokens/s and model-FLOPs utilisation of a preset (default ``small``)
-training with the SEDD objective in bf16 autocast. It times ``ddlab.train.train_step``, the very
-step of ``python -m ddlab.train`` (fused AdamW, clipping, EMA, a fresh pinned batch each step);
+training with the SEDD objective in bf16 autocast. It times ``ddlab.text.train.train_step``, the
+very step of ``python -m ddlab.text.train`` (fused AdamW, clipping, EMA, a fresh pinned batch each
+step);
 ``--sync_check`` first runs one step under ``torch.cuda.set_sync_debug_mode("error")``. FLOPs per
 token are counted as ``6 * N + 12 * n_layer * d_model * seq_len`` (N = parameters outside the
 embedding; the second term is the attention score and value products, forward and backward,
@@ -39,12 +40,12 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ddlab import Absorbing, LogLinear                         # noqa: E402
-from ddlab.config import make_config                           # noqa: E402
-from ddlab.model import DiffusionTransformer, ModelConfig      # noqa: E402
-from ddlab.data import CropSampler                              # noqa: E402
-from ddlab.train import (EMA, Objective, build_model, build_process,  # noqa: E402
-                         dwdse_loss, make_optimizer, train_step)
+from ddlab import Absorbing, LogLinear                                       # noqa: E402
+from ddlab.text.checkpoint import EMA, build_model, build_process            # noqa: E402
+from ddlab.text.config import make_config                                    # noqa: E402
+from ddlab.text.data import CropSampler                                      # noqa: E402
+from ddlab.text.model import DiffusionTransformer, ModelConfig               # noqa: E402
+from ddlab.text.train import Objective, dwdse_loss, make_optimizer, train_step  # noqa: E402
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
@@ -67,7 +68,7 @@ def make_steps(width, layers, heads, seq, batch, device):
             (("sedd", sedd), ("ce-head", ce), ("causal", causal))}
 
     def sedd_loss():
-        return dwdse_loss(sedd, x0, rm, sch, 1e-3, gen).mean() / seq
+        return dwdse_loss(rm, sch, sedd, x0, 1e-3, gen).mean() / seq
 
     def ce_loss():
         z = ce(x0, torch.zeros(batch, device=device))
@@ -115,7 +116,8 @@ def cpu_benchmark(args):
 
 
 def gpu_throughput(args):
-    """Time ddlab.train.train_step itself: the step `python -m ddlab.train` runs, EMA included."""
+    """Time ddlab.text.train.train_step itself: the step `python -m ddlab.text.train` runs, EMA
+    included."""
     device = torch.device(args.device)         # "cpu" only to smoke-test this code (tests do)
     over = {"batch_size": args.gpu_batch} if args.gpu_batch else {}
     cfg = make_config(args.preset, {**over, "seq_len": args.gpu_seq} if args.gpu_seq else over)
@@ -124,7 +126,7 @@ def gpu_throughput(args):
     if args.compile:
         model.forward = torch.compile(model.forward)
     rm, sch = build_process(cfg)
-    objective = Objective(model, rm, sch, cfg.t_eps)
+    objective = Objective(rm, sch, model, cfg.t_min)
     opt, ema = make_optimizer(model, cfg, device), EMA(model.parameters(), cfg.ema)
     gen = torch.Generator(device=device).manual_seed(0)
     B, L = cfg.batch_size, cfg.seq_len

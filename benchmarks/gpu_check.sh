@@ -9,7 +9,7 @@
 #
 # Stages (environment STAGES, default "throughput race gen"):
 #   throughput  tokens/s and model-FLOPs utilisation of the `small` preset (12 x 768, seq 256) in
-#               bf16, timing ddlab.train.train_step: eager with a host-sync check, then
+#               bf16, timing ddlab.text.train.train_step: eager with a host-sync check, then
 #               torch.compile'd at batch 256 and 512;
 #   race        bits/char after the same wall-clock budget for SEDD absorb, SEDD uniform and the AR
 #               baseline, side by side, on the Python-documentation corpus;
@@ -57,7 +57,7 @@ if want race; then
 echo "== bits/char after ${BUDGET} s of training each ($RACE_PRESET preset, corpus $CORPUS)"
 rm -rf "$OUTDIR"
 for obj in absorb uniform ar; do
-  timeout $((BUDGET + 120)) $PY -m ddlab.train --preset "$RACE_PRESET" --objective "$obj" --data "$CORPUS" \
+  timeout $((BUDGET + 120)) $PY -m ddlab.text.train --preset "$RACE_PRESET" --objective "$obj" --data "$CORPUS" \
     --time_budget_s "$BUDGET" --max_steps 1000000 --warmup 200 --eval_every 0 --ckpt_every 0 \
     --progress false --device "$DEVICE" --out "$OUTDIR/$obj" 2>&1 | grep -v '^$' | tail -2 \
     || echo "training $obj FAILED"
@@ -65,7 +65,7 @@ done
 timeout 150 $PY - "$OUTDIR" "$BUDGET" <<'PYEOF'
 import json, sys
 from pathlib import Path
-from ddlab.evaluate import evaluate_run
+from ddlab.text.evaluate import evaluate_run
 out, budget = Path(sys.argv[1]), sys.argv[2]
 rows = []
 for obj in ("absorb", "uniform", "ar"):

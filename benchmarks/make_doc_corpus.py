@@ -4,9 +4,9 @@
 
 Runs where apt can download (not on the GPU machine, which has no network): ``apt-get download
 python3.11-doc`` into a temporary folder, ``dpkg -x`` it, strip the HTML tags of every page (in
-sorted order, so the corpus is reproducible), normalise with ``ddlab.data.text8_normalize`` and
-write the first ``--chars`` characters to ``.gpu/doc_corpus.txt`` (git-ignored). gpu_check.sh
-trains on it. Its bits/char are numbers for *this* corpus, never text8 numbers.
+sorted order, so the corpus is reproducible), normalise with
+``ddlab.text.data.text8_normalize`` and write the first ``--chars`` characters to
+``.gpu/doc_corpus.txt`` (git-ignored). gpu_check.sh trains on it. Its bits/char are numbers for *this* corpus, never text8 numbers.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ddlab.data import text8_normalize   # noqa: E402
+from ddlab.text.data import text8_normalize   # noqa: E402
 
 PACKAGE = "python3.11-doc"
 

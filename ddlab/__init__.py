@@ -14,22 +14,26 @@ paths                  exact Gillespie paths, forward and reverse               
 widgets                the logic behind the lesson sliders (WIDGETS registry)      1, 2
 course                 setup(): seed, figure style, the lesson's size knob          all
 plotting               the course figure style and save_figure                     all
-losses                 SE, ISE, DSE, DWDSE, CSM and their exact floors             3
+losses                 SE, ISE, DSE, CSM and their exact floors; the one Monte     3, 4
+                       Carlo DWDSE and its stratified time sampler
 toy                    toy score networks and their training loop                  4
 sampling               exact reverse simulation, Euler and Tweedie tau-leaping     5
 likelihood             nll_bound (DWDSE + prior) and exact NLL                     6
 sequences              product spaces, Hamming-1 ratios, exact_score_fn, infill   7
 mdlm                   masked diffusion as a weighted cross-entropy                8
-data, model, train,    text8, the diffusion transformer, training, evaluation,    9
-evaluate, sample       sampling, infilling; skip_value_checks
+text                   the text world: data, model, config, checkpoint, train,      9
+                       evaluate, generate (text8, the transformer, training,
+                       bits/char, generation and infilling)
+train, evaluate,       CLI aliases of ddlab.text.train, .evaluate, .generate        9
+sample
 =====================  ==========================================================  ======
 """
 
-from . import (config, course, data, exact, likelihood, losses, mdlm, model, paths, plotting,
-               rate_matrices, sampling, schedules, sequences, toy, widgets)
+from . import (course, exact, likelihood, losses, mdlm, paths, plotting, rate_matrices,
+               sampling, schedules, sequences, text, toy, widgets)
 from ._checks import skip_value_checks
-from .data import load_corpus, text8_normalize
-from .model import DiffusionTransformer, ModelConfig
+from .text.data import load_corpus, text8_normalize
+from .text.model import DiffusionTransformer, ModelConfig
 from .exact import (concrete_score, kl_divergence, marginal, posterior, reverse_rate_matrix,
                     tweedie_denoiser)
 from .likelihood import exact_nll, nll_bound

@@ -30,7 +30,7 @@ def skip_value_checks():
 
     Every public function checks that token ids lie in 0..n-1, that sigma_bar is finite and
     non-negative, that scores are finite, and so on. On a GPU each such check copies a flag to the
-    host and waits for the device, 14-15 times per training step. ``ddlab.train`` checks
+    host and waits for the device, 14-15 times per training step. ``ddlab.text.train`` checks
     its corpus once, runs its steps in this block, and relies on its NaN guard instead. Shape and
     dtype checks still run. Use it only on inputs you have validated yourself.
     """

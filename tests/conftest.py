@@ -116,9 +116,9 @@ TINY_RUN = ["--n_layer", "1", "--n_head", "2", "--d_model", "32", "--cond_dim", 
 
 @pytest.fixture(scope="session")
 def runs(tmp_path_factory):
-    """Run folders of ``python -m ddlab.train`` on 40K characters of the fallback corpus:
+    """Run folders of ``python -m ddlab.text.train`` on 40K characters of the fallback corpus:
     ``zero`` (untrained absorb), ``absorb`` (30 steps) and ``ar`` (untrained baseline)."""
-    from ddlab import data, train
+    from ddlab.text import data, train
     root = tmp_path_factory.mktemp("runs")
     corpus = root / "small.txt"
     corpus.write_text(data.fallback_text()[:40_000])

@@ -1,4 +1,4 @@
-"""The three commands on tiny checkpoints: train, evaluate, sample (lesson 9)."""
+"""The three commands on tiny checkpoints: train, evaluate, generate (lesson 9)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ import sys
 import pytest
 import torch
 
-from ddlab import data, evaluate, sample, train
+from ddlab.text import checkpoint, evaluate, generate, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 def test_untrained_model_bound_is_log2_27(runs):
     """A zero-initialised absorbing network is the exact score of i.i.d. uniform characters, whose
     bound is int_0^inf e^{-sb} log 27 dsb = log 27 nats per character (to O(e^{-sb(eps)}))."""
@@ -29,11 +31,12 @@ def test_trained_run_beats_uniform(runs):
 
 
 def test_evaluate_cli_subprocess(runs):
-    res = subprocess.run([sys.executable, "-m", "ddlab.evaluate", str(runs["absorb"]), "--split",
-                          "test", "--max_chunks", "2", "--num_t", "2"],
+    res = subprocess.run([sys.executable, "-m", "ddlab.text.evaluate", str(runs["absorb"]),
+                          "--split", "test", "--max_chunks", "2", "--num_t", "2"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "test bits/char" in res.stdout and "+-" in res.stdout
+    # the old entry point is the same command
     bad = subprocess.run([sys.executable, "-m", "ddlab.evaluate", str(runs["absorb"]) + "_nope"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "no checkpoint" in bad.stderr
@@ -42,7 +45,7 @@ def test_evaluate_cli_subprocess(runs):
 @pytest.mark.parametrize("sampler", ["tweedie", "euler"])
 def test_pattern_infilling_keeps_clamped_positions(runs, sampler):
     pattern = "the ____ sat on the ___"
-    texts = sample.main([str(runs["absorb"]), "--steps", "8", "--sampler", sampler, "--batch",
+    texts = generate.main([str(runs["absorb"]), "--steps", "8", "--sampler", sampler, "--batch",
                          "3", "--pattern", pattern])
     assert len(texts) == 3
     for t in texts:
@@ -51,7 +54,7 @@ def test_pattern_infilling_keeps_clamped_positions(runs, sampler):
 
 
 def test_prefix_and_suffix_are_kept(runs):
-    texts = sample.main([str(runs["absorb"]), "--steps", "4", "--batch", "2", "--prefix",
+    texts = generate.main([str(runs["absorb"]), "--steps", "4", "--batch", "2", "--prefix",
                          "The Cat", "--suffix", "end", "--length", "20"])
     for t in texts:
         assert t.startswith("the cat") and t.endswith("end") and len(t) == 20
@@ -59,21 +62,21 @@ def test_prefix_and_suffix_are_kept(runs):
 
 def test_sample_errors(runs):
     with pytest.raises(SystemExit, match="autoregressive"):
-        sample.main([str(runs["ar"]), "--steps", "2"])
+        generate.main([str(runs["ar"]), "--steps", "2"])
     with pytest.raises(SystemExit, match="exceeds"):
-        sample.main([str(runs["absorb"]), "--length", "64"])
+        generate.main([str(runs["absorb"]), "--length", "64"])
     with pytest.raises(ValueError, match="pattern characters"):
-        sample.make_clamp(10, pattern="A__")
+        generate.make_clamp(10, pattern="A__")
     with pytest.raises(SystemExit, match="unknown preset"):
         train.main(["--preset", "gigantic"])
 
 
 def test_generative_bpc_of_uniform_ar_model_is_log2_27(runs):
-    ar, *_ = train.load_model(runs["ar"])
+    ar, *_ = checkpoint.load_model(runs["ar"])
     x = torch.randint(0, 27, (4, 32))
-    assert math.isclose(sample.generative_bpc(ar, x), math.log2(27), rel_tol=1e-6)
-    model, cfg, rm, sch = train.load_model(runs["absorb"])
-    curve = sample.generative_bpc_curve(model, rm, sch, ar, [2, 4], batch=2, d=16)
+    assert math.isclose(generate.generative_bpc(ar, x), math.log2(27), rel_tol=1e-6)
+    model, cfg, rm, sch = checkpoint.load_model(runs["absorb"])
+    curve = generate.generative_bpc_curve(rm, sch, model, ar, [2, 4], batch=2, d=16)
     assert set(curve) == {"euler", "tweedie"}
     assert all(math.isclose(v, math.log2(27), rel_tol=1e-6) for vs in curve.values() for v in vs)
 
@@ -81,13 +84,13 @@ def test_generative_bpc_of_uniform_ar_model_is_log2_27(runs):
 def test_generative_bpc_per_sample_matches_prefix_by_prefix_scoring(runs):
     """Each sample's bits/char equals the sum of next-character surprisals computed one prefix at
     a time (a causality check too), with a non-uniform AR head."""
-    ar, *_ = train.load_model(runs["ar"])
+    ar, *_ = checkpoint.load_model(runs["ar"])
     torch.manual_seed(0)
     with torch.no_grad():
         ar.head.bias.copy_(torch.randn_like(ar.head.bias))
         ar.head.weight.copy_(0.3 * torch.randn_like(ar.head.weight))
     x = torch.randint(0, 27, (3, 8))
-    per = sample.generative_bpc(ar, x, per_sample=True)
+    per = generate.generative_bpc(ar, x, per_sample=True)
     bos = ar.cfg.n_chars
     ref = torch.zeros(3, dtype=torch.float64)
     with torch.no_grad():
@@ -96,16 +99,34 @@ def test_generative_bpc_per_sample_matches_prefix_by_prefix_scoring(runs):
             logp = torch.log_softmax(ar(inp)[:, -1].double(), -1)
             ref -= logp[torch.arange(3), x[:, i]] / math.log(2)
     assert torch.allclose(per, ref / 8, atol=1e-5)
-    assert math.isclose(sample.generative_bpc(ar, x), float(per.mean()), rel_tol=1e-9)
-    score = sample.ar_score(ar, x)                 # mean and standard error of the hand values
+    assert math.isclose(generate.generative_bpc(ar, x), float(per.mean()), rel_tol=1e-9)
+    score = generate.ar_score(ar, x)                 # mean and standard error of the hand values
     hand = (ref / 8).numpy()
     assert math.isclose(score["bpc"], hand.mean(), rel_tol=1e-5)
     assert math.isclose(score["se"], hand.std(ddof=1) / math.sqrt(3), rel_tol=1e-3)
 
 
 def test_unigram_entropy_by_hand():
-    assert math.isclose(sample.unigram_entropy(torch.tensor([[0, 0, 1, 1]])), 1.0)
-    assert math.isclose(sample.unigram_entropy(torch.tensor([[0, 1], [2, 3]])), 2.0)
-    assert sample.unigram_entropy(torch.tensor([[5, 5, 5]])) == 0.0
+    assert math.isclose(generate.unigram_entropy(torch.tensor([[0, 0, 1, 1]])), 1.0)
+    assert math.isclose(generate.unigram_entropy(torch.tensor([[0, 1], [2, 3]])), 2.0)
+    assert generate.unigram_entropy(torch.tensor([[5, 5, 5]])) == 0.0
     # 1/2, 1/4, 1/4: 1.5 bits
-    assert math.isclose(sample.unigram_entropy(torch.tensor([[26, 26, 3, 4]])), 1.5)
+    assert math.isclose(generate.unigram_entropy(torch.tensor([[26, 26, 3, 4]])), 1.5)
+
+
+def test_old_entry_points_are_aliases_of_the_text_modules(runs):
+    """``python -m ddlab.train | evaluate | sample`` (README, lesson 9) run the ddlab.text ones."""
+    import ddlab.evaluate
+    import ddlab.sample
+    import ddlab.train
+    assert ddlab.train.main is train.main and ddlab.train.load_model is checkpoint.load_model
+    assert ddlab.evaluate.evaluate_run is evaluate.evaluate_run
+    assert ddlab.sample.generate is generate.generate
+    for module in ("ddlab.train", "ddlab.text.train"):
+        res = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0 and "--t_min" in res.stdout, res.stderr
+    res = subprocess.run([sys.executable, "-m", "ddlab.sample", str(runs["absorb"]), "--steps", "2",
+                          "--batch", "1", "--length", "8"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and len(eval(res.stdout.strip())) == 8, res.stderr

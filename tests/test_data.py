@@ -12,7 +12,7 @@ import pytest
 import torch
 from hypothesis import given, strategies as st
 
-from ddlab import data
+from ddlab.text import data
 
 TEXT = ("anarchism originated as a term of abuse first used against early working class "
         "radicals including the diggers of the english revolution ")

@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 
-from ddlab import Absorbing, LogLinear, Uniform
-from ddlab.model import DiffusionTransformer, ModelConfig, log_expm1
-from ddlab.train import dwdse_loss
+from ddlab import Absorbing, LogLinear
+from ddlab._numerics import log_expm1
+from ddlab.text.model import DiffusionTransformer, ModelConfig
+from ddlab.text.train import dwdse_loss
 
 SMALL = dict(seq_len=32, n_layer=2, n_head=2, d_model=32, cond_dim=16)
 
@@ -74,12 +75,12 @@ def test_zero_initialised_loss_is_analytic_given_the_masks():
 
 
 def test_zero_initialised_expected_loss_is_one_minus_eps_log27():
-    """Averaged over masks and t ~ U(t_eps, 1): sigma(t) e^{-sb} log 27 = (1 - eps) log 27 per token
+    """Averaged over masks and t ~ U(t_min, 1): sigma(t) e^{-sb} log 27 = (1 - eps) log 27 per token
     for LogLinear(eps) (the t dependence cancels). Monte Carlo with a 4-sigma tolerance."""
     m, rm, sch = _model("absorb"), Absorbing(28), LogLinear(1e-3)
     g = torch.Generator().manual_seed(1)
     x0 = torch.randint(0, 27, (256, 32), generator=g)
-    per_seq = dwdse_loss(m, x0, rm, sch, t_eps=1e-3, generator=g) / 32
+    per_seq = dwdse_loss(rm, sch, m, x0, t_min=1e-3, generator=g) / 32
     mean, se = per_seq.mean().item(), per_seq.std().item() / math.sqrt(256)
     target = (1 - 1e-3) * math.log(27)
     assert abs(mean - target) < 4 * se and se < 0.05 * target

@@ -11,10 +11,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from ddlab import data, skip_value_checks
-from ddlab.config import PRESETS, make_config
-from ddlab.train import (EMA, Objective, TrainingDiverged, build_model, build_process,
-                         dwdse_loss, load_checkpoint, make_optimizer, train, train_step)
+from ddlab import losses, skip_value_checks
+from ddlab.text import data
+from ddlab.text.checkpoint import (EMA, build_model, build_process, load_checkpoint,
+                                   load_model)
+from ddlab.text.config import PRESETS, make_config
+from ddlab.text.train import (Objective, TrainingDiverged, dwdse_loss, get_lr, make_optimizer,
+                              train, train_step)
 
 TINY = dict(n_layer=1, n_head=2, d_model=32, cond_dim=16, seq_len=32, batch_size=8, lr=3e-3,
             warmup=2, ema=0.9, threads=1, progress=False, eval_batches=1, log_every=2)
@@ -37,7 +40,7 @@ def test_training_steps_lower_the_loss_on_a_fixed_batch(objective, corpus_file, 
     torch.manual_seed(0)
     model = build_model(cfg)
     rm, sch = build_process(cfg)
-    obj = Objective(model, rm, sch)
+    obj = Objective(rm, sch, model)
     x0 = data.CropSampler(data.load_corpus(corpus_file).train, 32, 16, seed=0).next()
 
     def loss():                       # same t and same noise every time: a deterministic function
@@ -60,8 +63,39 @@ def test_dwdse_uniform_zero_model_is_finite_and_positive(corpus_file):
     rm, sch = build_process(cfg)
     assert rm.n == 27 and math.isclose(float(sch.sigma_bar(1.0)), 20 / 27)
     x0 = torch.randint(0, 27, (4, 32))
-    loss = dwdse_loss(build_model(cfg), x0, rm, sch, generator=torch.Generator().manual_seed(0))
+    loss = dwdse_loss(rm, sch, build_model(cfg), x0, generator=torch.Generator().manual_seed(0))
     assert torch.isfinite(loss).all() and (loss > 0).all()
+
+
+def test_dwdse_loss_is_the_library_estimator_at_shared_offset_stratified_times(corpus_file):
+    """The text loss is ``ddlab.losses.dwdse`` at t_b = t_min + (1 - t_min)(b + U) / B: one
+    offset U for the batch, drawn first from the same generator as the noise."""
+    cfg = _cfg(corpus_file, "unused")
+    torch.manual_seed(0)
+    model, (rm, sch) = build_model(cfg), build_process(cfg)
+    x0 = torch.randint(0, 27, (5, 32), generator=torch.Generator().manual_seed(1))
+    got = dwdse_loss(rm, sch, model, x0, 0.01, torch.Generator().manual_seed(2))
+    g = torch.Generator().manual_seed(2)
+    u = torch.rand((), generator=g)
+    t = 0.01 + 0.99 * (torch.arange(5) + u) / 5
+    want = losses.dwdse(rm, model.log_score, x0, sch.sigma_bar(t), sch.sigma(t), generator=g)
+    assert t.dtype == torch.float32 and torch.equal(got, want)
+    g = torch.Generator().manual_seed(2)
+    torch.rand((), generator=g)                  # given times: the generator draws only x_t
+    assert torch.equal(dwdse_loss(rm, sch, model, x0, 0.5, g, t=t), want)
+
+
+def test_get_lr_warms_up_linearly_then_stays_constant(corpus_file):
+    cfg = _cfg(corpus_file, "unused", lr=1e-3, warmup=4)
+    lrs = [get_lr(s, cfg) for s in range(6)]
+    assert lrs == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3], rel=1e-15)
+    assert get_lr(0, _cfg(corpus_file, "unused", lr=1e-3, warmup=0)) == 1e-3
+
+
+def test_t_eps_is_a_deprecated_alias_of_t_min():
+    with pytest.warns(DeprecationWarning, match="--t_eps is deprecated; use --t_min"):
+        cfg = make_config("tiny-cpu", ["--t_eps", "0.02"])
+    assert cfg.t_min == 0.02
 
 
 def test_resume_is_bit_for_bit(corpus_file, tmp_path):
@@ -79,6 +113,12 @@ def test_resume_is_bit_for_bit(corpus_file, tmp_path):
         assert torch.equal(ca["model"][k], cb["model"][k])
     for s, t in zip(ca["ema"]["shadow"], cb["ema"]["shadow"]):
         assert torch.equal(s, t)
+    # a checkpoint of an older ddlab, whose config said t_eps for t_min, still loads and resumes
+    old = load_checkpoint(tmp_path / "split")
+    old["config"]["t_eps"] = old["config"].pop("t_min")
+    torch.save(old, tmp_path / "split" / "ckpt.pt")
+    assert load_model(tmp_path / "split")[1].t_min == 1e-3
+    assert train(_cfg(corpus_file, tmp_path / "split", max_steps=8), resume=True)["steps"] == 8
     # a checkpoint without the per-rank random states (older ddlab) is refused, clearly
     old = load_checkpoint(tmp_path / "split")
     del old["rng"]
@@ -160,7 +200,7 @@ def test_training_step_reads_nothing_back_from_the_device(objective, corpus_file
     torch.manual_seed(0)
     model = build_model(cfg)
     rm, sch = build_process(cfg)
-    obj = Objective(model, rm, sch, cfg.t_eps)
+    obj = Objective(rm, sch, model, cfg.t_min)
     x0 = data.CropSampler(data.load_corpus(corpus_file).train, 32, 8, seed=0).next()
 
     def step():
@@ -187,7 +227,7 @@ def test_train_step_is_one_optimiser_step(corpus_file):
     torch.manual_seed(0)
     model = build_model(cfg)
     rm, sch = build_process(cfg)
-    obj = Objective(model, rm, sch, cfg.t_eps)
+    obj = Objective(rm, sch, model, cfg.t_min)
     opt, ema = make_optimizer(model, cfg, "cpu"), EMA(model.parameters(), cfg.ema)
     x0 = torch.randint(0, 27, (8, 32))
     before = [p.detach().clone() for p in model.parameters()]
@@ -195,7 +235,7 @@ def test_train_step_is_one_optimiser_step(corpus_file):
     # the same step by hand
     torch.manual_seed(0)
     ref = build_model(cfg)
-    ref_obj = Objective(ref, rm, sch, cfg.t_eps)
+    ref_obj = Objective(rm, sch, ref, cfg.t_min)
     ref_opt = torch.optim.AdamW(ref.parameters(), lr=1e-3, betas=(cfg.beta1, cfg.beta2),
                                 weight_decay=cfg.weight_decay)
     ref_loss = ref_obj(x0, torch.Generator().manual_seed(1)).mean() / cfg.seq_len

@@ -4,9 +4,11 @@
 
 Every field of :class:`TrainConfig` is a ``--key value`` (or ``--key=value``) override; the type
 comes from the field's default. An unknown preset or key, or a value of the wrong type, raises
-ValueError listing what is valid.
+ValueError listing what is valid. Renamed fields (``RENAMED``: ``t_eps`` is now ``t_min``) are
+still accepted, with a DeprecationWarning, and :func:`config_from_dict` reads the configuration
+saved in an older checkpoint.
 
-Noise processes and their scaling (DESIGN.md):
+Noise processes and their scaling (docs/design.md):
 
 * ``absorb``: ``ddlab.Absorbing(28)`` (MASK = 27) with ``LogLinear(noise_eps)``, as SEDD.
 * ``uniform``: ``ddlab.Uniform(27)`` with ddlab's ``Q = 1 - nI`` (off-diagonal rates 1). SEDD's code
@@ -19,10 +21,15 @@ Noise processes and their scaling (DESIGN.md):
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 
 UNIFORM_Q_SCALING = ("ddlab Uniform: Q = 1 - nI; SEDD's code uses Q/n with Geometric(1e-4, 20), "
                      "so here sigma_bar runs over Geometric(1e-4/n, 20/n), the same process")
+
+
+# old name -> new name; one table for the command line and for configurations saved in checkpoints
+RENAMED = {"t_eps": "t_min"}
 
 
 @dataclass
@@ -40,7 +47,7 @@ class TrainConfig:
     fallback: bool = True          # use the pydoc corpus (loudly) when text8 is missing
     # ---- noise
     noise_eps: float = 1e-3        # LogLinear eps: sigma_bar(1) = -log(noise_eps)
-    t_eps: float = 1e-3            # training times t ~ U(t_eps, 1), stratified over the batch
+    t_min: float = 1e-3            # training times t ~ U(t_min, 1), stratified over the batch
     uniform_sigma_min: float = 1e-4   # SEDD's units (Q/n); divided by n here
     uniform_sigma_max: float = 20.0
     # ---- optimisation
@@ -88,6 +95,19 @@ PRESETS: dict[str, dict] = {
 }
 
 
+def _renamed(key: str) -> str:
+    if key in RENAMED:
+        warnings.warn(f"--{key} is deprecated; use --{RENAMED[key]}", DeprecationWarning,
+                      stacklevel=3)
+        return RENAMED[key]
+    return key
+
+
+def config_from_dict(saved: dict) -> TrainConfig:
+    """The TrainConfig of a checkpoint's ``config`` dict, older field names renamed (RENAMED)."""
+    return TrainConfig(**{RENAMED.get(k, k): v for k, v in saved.items()})
+
+
 def field_types() -> dict[str, type]:
     return {f.name: type(f.default) for f in dataclasses.fields(TrainConfig)}
 
@@ -120,7 +140,7 @@ def parse_overrides(args: list[str]) -> dict:
         if not tok.startswith("--"):
             raise ValueError(f"expected --key value, got {tok!r}")
         key, eq, raw = tok[2:].partition("=")
-        key = key.replace("-", "_")
+        key = _renamed(key.replace("-", "_"))
         if key not in types:
             raise ValueError(f"unknown option --{key}; valid options: "
                              + ", ".join(f"--{k}" for k in types))
@@ -140,7 +160,7 @@ def make_config(preset: str = "tiny-cpu", overrides=None) -> TrainConfig:
     values = dict(PRESETS[preset])
     if isinstance(overrides, (list, tuple)):
         overrides = parse_overrides(list(overrides))
-    overrides = dict(overrides or {})
+    overrides = {_renamed(k): v for k, v in dict(overrides or {}).items()}
     types = field_types()
     for k, v in overrides.items():
         if k not in types:
@@ -159,4 +179,5 @@ def make_config(preset: str = "tiny-cpu", overrides=None) -> TrainConfig:
     return cfg
 
 
-__all__ = ["TrainConfig", "PRESETS", "UNIFORM_Q_SCALING", "make_config", "parse_overrides"]
+__all__ = ["TrainConfig", "PRESETS", "UNIFORM_Q_SCALING", "RENAMED", "make_config",
+           "parse_overrides", "config_from_dict"]

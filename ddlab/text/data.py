@@ -13,7 +13,7 @@ Pipeline::
     chunks = eval_chunks(corpus.test, 256)   # fixed, non-overlapping chunks for evaluation
 
 Token ids: 'a'..'z' are 0..25, the space is 26, and the absorbing process adds MASK = 27 (the last
-state, DESIGN.md). Without text8 (no network), ``load_corpus("text8", fallback=True)`` uses the
+state, docs/design.md). Without text8 (no network), ``load_corpus("text8", fallback=True)`` uses the
 Python documentation that ships with every Python (``pydoc_data.topics``), normalised to the text8
 alphabet, and says so loudly: numbers from it are *not* text8 numbers.
 """
@@ -274,7 +274,7 @@ class CropSampler:
         top = int(np.max(data))
         if top >= VOCAB_SIZE:
             raise ValueError(f"the split holds token id {top}; text8 ids lie in 0..{VOCAB_SIZE - 1} "
-                             f"(encode text with ddlab.data.encode)")
+                             f"(encode text with ddlab.text.data.encode)")
         self.data, self.length, self.batch = data, int(length), int(batch)
         self.gen = torch.Generator().manual_seed(int(seed))
 
@@ -304,7 +304,7 @@ def eval_chunks(data: np.ndarray, length: int, max_chunks: int | None = None) ->
     return torch.from_numpy(np.asarray(data[: n * length]).astype(np.int64).reshape(n, length))
 
 
-__all__ = ["TEXT8_URL", "TEXT8_ZIP_BYTES", "TEXT8_ZIP_MD5", "TEXT8_CHARS", "ALPHABET",
-           "VOCAB_SIZE", "MASK_ID", "DataError", "text8_normalize", "encode", "decode", "data_dir",
-           "download", "text8_path", "Corpus", "load_corpus", "fallback_text", "CropSampler",
-           "eval_chunks"]
+__all__ = ["TEXT8_URL", "TEXT8_ZIP_BYTES", "TEXT8_ZIP_MD5", "TEXT8_CHARS", "SPLIT_FRACTIONS",
+           "ALPHABET", "VOCAB_SIZE", "MASK_ID", "MASK_CHAR", "DataError", "text8_normalize",
+           "encode", "decode", "data_dir", "download", "text8_path", "Corpus", "load_corpus",
+           "fallback_text", "CropSampler", "eval_chunks"]

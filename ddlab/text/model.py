@@ -37,7 +37,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._numerics import log_expm1
+from .._numerics import log_expm1
 
 OBJECTIVES = ("absorb", "uniform", "ar")
 
@@ -221,4 +221,4 @@ class DiffusionTransformer(nn.Module):
         return torch.gather(F.log_softmax(logits, -1), -1, x0[..., None])[..., 0]
 
 
-__all__ = ["ModelConfig", "DiffusionTransformer", "log_expm1", "OBJECTIVES"]
+__all__ = ["ModelConfig", "DiffusionTransformer", "OBJECTIVES"]
