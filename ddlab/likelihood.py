@@ -62,10 +62,6 @@ from .sequences import all_sequences, product_marginal
 
 
 
-def _check_x0(x0, n):
-    return as_batch(x0, n, "x0")
-
-
 def _check_t_min(t_min) -> float:
     return as_real(t_min, "t_min (the smallest time of the integral)", 0.0, 1.0)
 
@@ -126,7 +122,7 @@ def nll_bound(score_fn, x0, rm, schedule, num_t=64, *, generator=None, t_min=1e-
     error (B,).
     """
     rm = as_rate_matrix(rm)
-    x0 = _check_x0(x0, rm.n)
+    x0 = as_batch(x0, rm.n, "x0")
     num_t = as_int(num_t, "num_t", 1)
     t_min = _check_t_min(t_min)
     check_schedule(schedule)
@@ -199,7 +195,7 @@ def exact_nll(p0, x0) -> torch.Tensor:
     n, d = p0.shape[0], p0.dim()
     if (p0 < 0).any() or abs(p0.sum().item() - 1) > 1e-6:
         raise ValueError("p0 must be non-negative and sum to 1")
-    x0 = _check_x0(x0, n)
+    x0 = as_batch(x0, n, "x0")
     if x0.shape[1] != d:
         raise ValueError(f"x0 has {x0.shape[1]} tokens per sequence but p0 has d = {d}")
     return -torch.log(p0.to(x0.device)[tuple(x0.T)])
@@ -245,7 +241,7 @@ def bound_limit(rm, schedule, p0, x0, t_min=1e-5, reconstruction=False) -> torch
     _check_t_min(t_min)
     p0 = as_float(p0, torch.float64)
     n, d = rm.n, p0.dim()
-    x0 = _check_x0(x0, n).cpu()
+    x0 = as_batch(x0, n, "x0").cpu()
     if x0.shape[1] != d:
         raise ValueError(f"x0 has {x0.shape[1]} tokens per sequence but p0 has d = {d}")
     states = all_sequences(n, d)

@@ -31,8 +31,7 @@ import math
 import numpy as np
 import torch
 
-from ._checks import (as_float, as_int, as_rate_matrix, as_tokens, check_distribution,
-                      check_sigma_bar)
+from ._checks import as_float, as_int, as_rate_matrix, as_tokens, check_p0, check_sigma_bar
 from ._numerics import K as _K
 from .exact import concrete_score, marginal
 
@@ -180,7 +179,7 @@ def true_score_table(rm, p0, sigma_bar) -> torch.Tensor:
     of ``ddlab.exact``).
     """
     rm = as_rate_matrix(rm)
-    return concrete_score(marginal(rm, _check_p0(p0, rm.n), _check_sb(sigma_bar)),
+    return concrete_score(marginal(rm, check_p0(p0, rm.n), _check_sb(sigma_bar)),
                           off_support="one")
 
 
@@ -218,7 +217,7 @@ def expected_loss(rm, kind: str, score, p0, sigma_bar, log: bool = False) -> tor
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     rm = as_rate_matrix(rm)
-    p0 = _check_p0(p0, rm.n)
+    p0 = check_p0(p0, rm.n)
     sb = _check_sb(sigma_bar)
     n = rm.n
     if callable(score):
@@ -332,13 +331,6 @@ def _log_and_ratio(table, sb, n, log):
         raise ValueError(f"ratios must be finite and >= 0, got {table[tuple(bad)].item()!r} "
                          f"at index {tuple(bad)} (pass log=True if the score holds log-ratios)")
     return torch.log(table), table
-
-
-def _check_p0(p0, n):
-    p0 = check_distribution(p0, n, "p0").to(torch.float64)
-    if p0.dim() != 1:
-        raise ValueError(f"p0 must be a vector of shape ({n},), got shape {tuple(p0.shape)}")
-    return p0
 
 
 def _check_sb(sigma_bar):

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ._checks import (as_float, as_int, as_real, as_tokens, check_distribution, check_sigma_bar,
-                      check_time)
+from ._checks import (as_float, as_int, as_real, as_tokens, check_distribution, check_p0,
+                      check_sigma_bar, check_time)
 from .exact import as_rate_matrix, marginal, posterior, reverse_rate_matrix
 from .rate_matrices import sample_categorical
 
@@ -84,13 +84,6 @@ def gillespie(rm, x0: int, schedule=None, t_end: float = 1.0, generator=None) ->
 SIGMA_BAR_FLOOR = 1e-10
 
 
-def _check_p0(rm, p0) -> torch.Tensor:
-    p0 = check_distribution(p0, rm.n, "p0").to(torch.float64)
-    if p0.dim() != 1:
-        raise ValueError(f"p0 must be a vector of shape ({rm.n},), got shape {tuple(p0.shape)}")
-    return p0
-
-
 def _grid_sigma_bar(schedule, times) -> tuple[torch.Tensor, torch.Tensor]:
     """(times, sigma_bar(times)) as float64 vectors, checking the grid is 1-D and non-decreasing.
 
@@ -118,7 +111,7 @@ def reverse_kernel(rm, p0, sigma_bar_s, sigma_bar_t) -> torch.Tensor:
     ``sigma_bar_s = 0`` this is ``ddlab.posterior(rm, p0, sigma_bar_t)``.
     """
     rm = as_rate_matrix(rm)
-    p0 = _check_p0(rm, p0)
+    p0 = check_p0(p0, rm.n)
     ss = check_sigma_bar(sigma_bar_s, "sigma_bar_s").to(torch.float64)
     st = check_sigma_bar(sigma_bar_t, "sigma_bar_t").to(torch.float64)
     if ss.dim() or st.dim():
@@ -143,7 +136,7 @@ def reverse_paths(rm, schedule, p0, num_paths: int, times, generator=None) -> to
     ``(num_paths, len(times))`` whose column k holds the states at ``times[k]``.
     """
     rm = as_rate_matrix(rm)
-    p0 = _check_p0(rm, p0)
+    p0 = check_p0(p0, rm.n)
     num_paths = as_int(num_paths, "num_paths", 1)
     _, sb = _grid_sigma_bar(schedule, times)
     K = sb.shape[0]
@@ -182,7 +175,7 @@ def reverse_gillespie(rm, p0, schedule=None, t_start: float = 1.0, t_end: float 
     ``t_end`` of the Path is ``t_start``. With ``schedule=None``, sigma_bar(t) = t.
     """
     rm = as_rate_matrix(rm)
-    p0 = _check_p0(rm, p0)
+    p0 = check_p0(p0, rm.n)
     if not t_end <= t_start:
         raise ValueError(f"t_end = {t_end!r} must be <= t_start = {t_start!r}: the path runs "
                          f"backward in time")
@@ -264,7 +257,7 @@ def reverse_ode(rm, schedule, p0, times, q_T=None, step: float = 0.05) -> torch.
     (it falls as step**4).
     """
     rm = as_rate_matrix(rm)
-    p0 = _check_p0(rm, p0)
+    p0 = check_p0(p0, rm.n)
     step = as_real(step, "step", 0.0, 1.0, hi_closed=True)
     _, sb = _grid_sigma_bar(schedule, times)
     if q_T is None:

@@ -488,7 +488,7 @@ def sample_categorical(probs, generator=None) -> torch.Tensor:
                          f"states, got the scalar {probs!r}")
     probs = as_float(probs)
     if probs.dim() == 0:
-        raise ValueError(f"probs must have a last axis over the states, got a 0-d tensor")
+        raise ValueError("probs must have a last axis over the states, got a 0-d tensor")
     if value_checks_enabled():
         if (probs < 0).any() or not torch.isfinite(probs).all():
             raise ValueError("probs must be finite and non-negative")

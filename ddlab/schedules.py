@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from ._checks import as_float, as_real, check_sigma_bar, check_time
+from ._checks import as_real, check_sigma_bar, check_time
 
 
 class LogLinear:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import ddlab
 from ddlab.likelihood import LOG_FLOOR, bound_limit, exact_nll, nll_bound, prior_kl
-from tests.conftest import random_joint, toy_sequence_process, with_mask
+from tests.conftest import random_joint, toy_sequence_process
 
 
 joint = random_joint
