@@ -269,8 +269,8 @@ class RateMatrix:
         return v
 
     def _loss_inputs(self, log_score, x, x0, sigma_bar):
-        log_score = as_float(log_score)
-        x = as_tokens(x, self.n, "x")
+        log_score = as_float(log_score, name="log_score")
+        x, sb = self._tokens_and_noise(x, sigma_bar)
         x0 = as_tokens(x0, self.n, "x0")
         if x.shape != x0.shape:
             raise ValueError(f"x has shape {tuple(x.shape)} but x0 has shape {tuple(x0.shape)}; "
@@ -279,8 +279,6 @@ class RateMatrix:
         if value_checks_enabled() and not torch.isfinite(log_score).all():
             raise ValueError("log_score must be finite (a ratio of 0 or inf has no log); "
                              "got a NaN or infinite entry")
-        sb = check_sigma_bar(sigma_bar)
-        sb = broadcast(sb, x.shape, "sigma_bar", device=x.device)
         if value_checks_enabled() and (sb == 0).any():
             raise ValueError("sigma_bar must be > 0 for the score entropy: at sigma_bar = 0 no "
                              "token has moved and the ratios p(y|x0)/p(x|x0) are infinite")
