@@ -11,20 +11,25 @@ sigma_bar_{k+1}``. On the clock of sigma_bar the reverse chain of one token has 
 interval:
 
 ``"euler"``   tau-leaping: every position moves independently with
-              ``p(y) = 1[y = x] + dsigma Q[x, y] s_y`` (``rm.euler_probs``), scores taken at t_k.
+              ``p(y) = dsigma Q[x, y] s_y`` for y != x and ``p(x) = 1 - dsigma sum_{y != x}
+              Q[x, y] s_y`` (the column x of ``I + dsigma Qbar``; ``rm.euler_probs``, which clips
+              a negative p(x) to 0 and renormalises), scores taken at t_k.
 ``"tweedie"`` every position moves independently with the Tweedie step
               ``p(y) ∝ (expm(-dsigma Q) s)_y expm(dsigma Q)[x, y]`` (``rm.tweedie_probs``), scores
               at t_k. For d = 1 and the exact score this is the exact reverse transition.
 ``"exact"``   the reverse CTMC of the whole sequence, one token jump at a time: on each interval
               the rates are frozen at the midpoint time ``(t_k + t_{k+1}) / 2`` and the chain with
               those rates is simulated exactly (Gillespie: an exponential holding time, one jump,
-              the score re-evaluated at the new sequence). What is exact: no factorisation error
-              (positions never jump together on stale scores) and no time-stepping error for the
-              frozen rates. What is not: the true rates change with t inside an interval; the
-              midpoint rule makes that error O(1/steps^2) where the rates are smooth. Use it with
-              many steps (e.g. 1024) as the reference sampler.
+              the score re-evaluated at the new sequence). What is exact: inside the intervals
+              no factorisation error (positions never jump together on stale scores) and no
+              time-stepping error for the frozen rates. What is not: the true rates change with t
+              inside an interval; the midpoint rule makes that error O(1/steps^2) where the rates
+              are smooth, but under absorbing noise the unmasking hazard ~ 1/sigma_bar is
+              singular at t = 0 and the midpoint sums converge slowly (lesson 5 measures it); and
+              the final denoising step below is factorised, as for every method. The name says
+              what is simulated exactly (the frozen-rate chain), not that its law is exact.
 
-After the last interval, ``denoise=True`` takes one Tweedie step from ``sigma_bar(eps)`` all the
+After the last interval, ``denoise=True`` takes one Tweedie step from ``sigma_bar(t_min)`` all the
 way to 0 and draws each still-noisy token from it, with MASK removed (its probability is zero
 for the exact score, and dropping it guarantees a clean sample from an imperfect one).
 
