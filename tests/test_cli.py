@@ -130,3 +130,220 @@ def test_old_entry_points_are_aliases_of_the_text_modules(runs):
                           "--batch", "1", "--length", "8"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and len(eval(res.stdout.strip())) == 8, res.stderr
+
+
+# ------------------------------------------------------------------ one clear line, non-zero exit
+TINY_CLI = ["--n_layer", "1", "--n_head", "2", "--d_model", "16", "--cond_dim", "16", "--seq_len",
+            "16", "--batch_size", "4", "--threads", "1", "--progress", "false",
+            "--eval_batches", "1"]
+
+
+def run_cli(module, *args, env=None):
+    """``python -m module args`` in a subprocess; (exit status, stdout, stderr)."""
+    env = {**os.environ, "DDLAB_DEBUG": "", **(env or {})}
+    res = subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    return res.returncode, res.stdout, res.stderr
+
+
+# Many CLI cases at the price of one interpreter start: a driver imports torch and ddlab once,
+# then forks one child per case, which runs the command's module as __main__ (what `python -m`
+# does) with its stdout/stderr in files and exits the way the interpreter would on SystemExit.
+# The children are real processes: the exit status is the one a shell would see.
+DRIVER = r"""
+import json, os, runpy, sys, traceback
+import torch, ddlab, ddlab.text.checkpoint, ddlab.text.config, ddlab.text.data
+cases = json.load(sys.stdin)
+status = {}
+for key, case in cases.items():
+    pid = os.fork()
+    if pid == 0:
+        for fd, name in ((1, "stdout"), (2, "stderr")):
+            os.dup2(os.open(os.path.join(case["dir"], name), os.O_WRONLY | os.O_CREAT), fd)
+        os.environ.update(case["env"])
+        sys.argv = [case["module"], *case["args"]]
+        code = 0
+        try:
+            runpy.run_module(case["module"], run_name="__main__", alter_sys=True)
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+            if not isinstance(e.code, int) and e.code is not None:
+                print(e.code, file=sys.stderr)
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    status[key] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+print(json.dumps(status))
+"""
+
+
+def run_cli_cases(cases: dict, root) -> dict:
+    """{key: (module, args[, env])} -> {key: (exit status, stdout, stderr)}, one driver process."""
+    import json
+    spec = {}
+    for key, (module, args, *env) in cases.items():
+        folder = root / f"case{len(spec)}"
+        folder.mkdir()
+        spec[key] = {"module": module, "args": [str(a) for a in args], "dir": str(folder),
+                     "env": {"DDLAB_DEBUG": "", **(env[0] if env else {})}}
+    res = subprocess.run([sys.executable, "-c", DRIVER], input=json.dumps(spec), cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    status = json.loads(res.stdout.strip().splitlines()[-1])
+    return {k: (status[k], open(os.path.join(v["dir"], "stdout")).read(),
+                open(os.path.join(v["dir"], "stderr")).read()) for k, v in spec.items()}
+
+
+def assert_one_error(res, code, *needles):
+    """Exit status ``code``; stderr is exactly one line, ``error: ...``, holding every needle."""
+    rc, _, err = res
+    lines = err.strip().splitlines()
+    assert rc == code, (rc, err)
+    assert "Traceback" not in err, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+def _bad_checkpoints(root):
+    """Run folders whose ckpt.pt is empty, truncated or corrupt, and a foreign torch file."""
+    folders = {}
+    for kind in ("empty", "corrupt", "foreign"):
+        folders[kind] = root / kind
+        folders[kind].mkdir()
+    (folders["empty"] / "ckpt.pt").write_bytes(b"")
+    (folders["corrupt"] / "ckpt.pt").write_bytes(b"PK\x03\x04 not really a checkpoint" * 50)
+    torch.save({"weights": torch.zeros(3)}, folders["foreign"] / "ckpt.pt")
+    return folders
+
+
+# train: (arguments, exit status, what the one line must say). All fail before the first step.
+TRAIN_CASES = {
+    "resume=maybe": (["--resume=maybe"], 2, ["--resume expects true/false", "'maybe'"]),
+    "batch_size 0": (["--batch_size", "0"], 2, ["--batch_size must be an integer >= 1, got 0"]),
+    "log_every 0": (["--log_every", "0"], 2, ["--log_every must be an integer >= 1, got 0"]),
+    "t_min 1.5": (["--t_min", "1.5"], 2, ["--t_min must lie in (0, 1), got 1.5"]),
+    "t_eps 1.5": (["--t_eps", "1.5"], 2, ["--t_min must lie in (0, 1), got 1.5"]),  # old name
+    "seq_len 0": (["--seq_len", "0"], 2, ["--seq_len must be an integer >= 1, got 0"]),
+    "max_steps -5": (["--max_steps", "-5"], 2, ["--max_steps must be an integer >= 0, got -5"]),
+    "ema -1": (["--ema", "-1"], 2, ["--ema must lie in [0, 1), got -1"]),
+    "seq_len 30000": (["--seq_len", "30000"], 2, ["--seq_len = 30000", "2,000 characters"]),
+    "eval_batches 0": (["--eval_batches", "0"], 2, ["--eval_batches must be an integer >= 1"]),
+    "n_head 3": (["--n_head", "3"], 2, ["--n_head = 3"]),
+    "dropout 1": (["--dropout", "1"], 2, ["--dropout must lie in [0, 1), got 1"]),
+    "lr 0": (["--lr", "0"], 2, ["--lr must lie in (0, inf), got 0"]),
+    "lrate": (["--lrate", "1"], 2, ["unknown option --lrate", "--lr"]),
+    "resume overwrite": (["--resume", "--overwrite"], 1, ["either --resume", "not both"]),
+}
+# evaluate and sample on the tiny trained run (seq_len 32)
+RUN_CASES = {
+    "evaluate max_chunks 0": ("ddlab.evaluate", ["--max_chunks", "0"], ["--max_chunks", ">= 1"]),
+    "evaluate num_t 0": ("ddlab.evaluate", ["--num_t", "0"], ["--num_t", ">= 1, got 0"]),
+    "sample length -5": ("ddlab.sample", ["--length", "-5"], ["--length", ">= 1, got -5"]),
+    "sample length 0": ("ddlab.sample", ["--length", "0"], ["--length", ">= 1, got 0"]),
+    "sample length 64": ("ddlab.sample", ["--length", "64"], ["length 64 exceeds", "= 32"]),
+    "sample prefix !!!": ("ddlab.sample", ["--prefix", "!!!"],
+                          ["--prefix", "'!'", "not in the text8 alphabet"]),
+    "generate suffix ok?": ("ddlab.text.generate", ["--suffix", "ok?"], ["--suffix", "'?'"]),
+    "sample pattern A_": ("ddlab.sample", ["--pattern", "A_"], ["--pattern", "'A'"]),
+    "sample steps x": ("ddlab.sample", ["--steps", "x"], ["--steps", "'x'"]),
+    "sample sampler": ("ddlab.sample", ["--sampler", "best"], ["--sampler", "'best'"]),
+}
+BAD_CKPT = {"empty": "is empty", "corrupt": "cannot be read", "foreign": "not a ddlab checkpoint"}
+COMMANDS = ("ddlab.evaluate", "ddlab.sample", "ddlab.text.evaluate", "ddlab.text.generate",
+            "ddlab.train --resume", "ddlab.text.train --resume")
+
+
+@pytest.fixture(scope="module")
+def cli(runs, tmp_path_factory):
+    """Every CLI case of this module, run once in forked children of one driver process."""
+    from ddlab.text import data
+    root = tmp_path_factory.mktemp("cli")
+    corpus = root / "small.txt"
+    corpus.write_text(data.fallback_text()[:40_000])         # splits of 36,000 / 2,000 / 2,000
+    cases = {}
+    for key, (args, _, _) in TRAIN_CASES.items():
+        cases[key] = ("ddlab.train", [*TINY_CLI, "--data", corpus, "--out", root / key, *args])
+    for key, (module, args, _) in RUN_CASES.items():
+        cases[key] = (module, [runs["absorb"], *args])
+    for kind, folder in _bad_checkpoints(root).items():
+        for command in COMMANDS:
+            module, *flag = command.split()
+            args = ([*TINY_CLI, "--data", corpus, "--out", folder, *flag] if flag else [folder])
+            cases[f"{command} {kind}"] = (module, args)
+    if not torch.cuda.is_available():
+        cases["train cuda"] = ("ddlab.text.train", [*TINY_CLI, "--device", "cuda", "--data",
+                                                    corpus, "--out", root / "cuda"])
+        cases["evaluate cuda"] = ("ddlab.evaluate", [runs["absorb"], "--device", "cuda"])
+        cases["sample cuda"] = ("ddlab.sample", [runs["absorb"], "--device", "cuda:0"])
+    cases["debug env"] = ("ddlab.evaluate", [root / "empty"], {"DDLAB_DEBUG": "1"})
+    return run_cli_cases(cases, root), root
+
+
+@pytest.mark.parametrize("key", TRAIN_CASES)
+def test_train_cli_refuses_bad_options_with_one_line(cli, key):
+    results, root = cli
+    _, code, needles = TRAIN_CASES[key]
+    assert_one_error(results[key], code, *needles)
+    assert not (root / key / "ckpt.pt").exists()            # nothing was trained or saved
+
+
+@pytest.mark.parametrize("key", RUN_CASES)
+def test_evaluate_and_sample_refuse_bad_options_with_one_line(cli, key):
+    assert_one_error(cli[0][key], 2, *RUN_CASES[key][2])
+
+
+@pytest.mark.parametrize("kind", BAD_CKPT)
+@pytest.mark.parametrize("command", COMMANDS)
+def test_bad_checkpoint_is_one_line_in_every_command(cli, command, kind):
+    """An empty, corrupt or foreign ckpt.pt: no raw UnpicklingError / EOFError / KeyError."""
+    line = assert_one_error(cli[0][f"{command} {kind}"], 1, BAD_CKPT[kind])
+    assert "KeyError" not in line and "EOFError" not in line
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_device_cuda_without_cuda(cli):
+    for key in ("train cuda", "evaluate cuda", "sample cuda"):
+        assert_one_error(cli[0][key], 2, "'cuda", "CUDA is not available")
+
+
+def test_debug_shows_the_traceback(cli):
+    rc, _, err = cli[0]["debug env"]                              # DDLAB_DEBUG=1
+    assert rc == 1 and "Traceback" in err and err.strip().splitlines()[-1].startswith("error:")
+    rc, _, err = run_cli("ddlab.evaluate", cli[1] / "corrupt", "--debug")
+    assert rc == 1 and "Traceback" in err and "cannot be read" in err
+
+
+def test_python_dash_m_entry_points_end_with_one_line(runs, tmp_path):
+    """The same cases through ``python -m`` itself, one per command."""
+    assert_one_error(run_cli("ddlab.text.train", "--batch_size", "0"), 2, "--batch_size")
+    assert_one_error(run_cli("ddlab.sample", runs["absorb"], "--prefix", "!!!"), 2, "'!'")
+    (tmp_path / "ckpt.pt").write_bytes(b"")
+    assert_one_error(run_cli("ddlab.evaluate", tmp_path), 1, "is empty")
+
+
+def test_finished_run_is_not_overwritten_by_accident(tmp_path):
+    """Without --resume a folder that holds a run is refused and its checkpoint is untouched
+    (the resume below finds step 2, not the refused run's 1); --resume=true is --resume;
+    --overwrite replaces the run."""
+    from ddlab.text import data
+    corpus = tmp_path / "small.txt"
+    corpus.write_text(data.fallback_text()[:40_000])
+    out = tmp_path / "run"
+    base = [*TINY_CLI, "--data", corpus, "--out", out]
+    res = run_cli_cases({"first": ("ddlab.train", [*base, "--max_steps", "2"]),        # in order
+                         "again": ("ddlab.train", [*base, "--max_steps", "1"]),
+                         "resume": ("ddlab.train", [*base, "--max_steps", "3", "--resume=true"]),
+                         "overwrite": ("ddlab.train", [*base, "--max_steps", "1", "--overwrite"])},
+                        tmp_path)
+    assert res["first"][0] == 0, res["first"][2]
+    assert_one_error(res["again"], 1, "already holds a run", "--resume", "--overwrite")
+    rc, stdout, err = res["resume"]
+    assert rc == 0 and f"resumed {out} at step 2" in stdout, err
+    rc, stdout, err = res["overwrite"]
+    assert rc == 0 and "--overwrite: removed the previous run" in stdout, err
+    assert checkpoint.load_checkpoint(out)["step"] == 1

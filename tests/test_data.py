@@ -54,7 +54,7 @@ def test_download_check_split_and_memmap(tmp_path):
     assert (len(corpus.train), len(corpus.valid), len(corpus.test)) == (9000, 500, 500)
     assert data.decode(corpus.valid) == text[9000:9500]
     assert data.decode(corpus.test) == text[9500:]
-    assert sorted(p.name for p in cache.iterdir()) == ["text8.u8", "text8.zip"]
+    assert sorted(p.name for p in cache.iterdir()) == ["text8.u8", "text8.u8.sha256", "text8.zip"]
 
 
 def test_cached_file_is_reused_without_network(tmp_path):

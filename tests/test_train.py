@@ -125,9 +125,10 @@ def test_resume_is_bit_for_bit(corpus_file, tmp_path):
     torch.save(old, tmp_path / "split" / "ckpt.pt")
     with pytest.raises(ValueError, match="older ddlab"):
         train(_cfg(corpus_file, tmp_path / "split", max_steps=9), resume=True)
-    # a resumed run refuses a changed configuration
-    with pytest.raises(ValueError, match="different configuration.*lr"):
-        train(_cfg(corpus_file, tmp_path / "split", max_steps=9, lr=1e-2), resume=True)
+    # a resumed run refuses a changed model or data configuration (the optimisation knobs may
+    # change: tests/test_text_robustness.py)
+    with pytest.raises(ValueError, match="different configuration.*seed.*only lr, warmup"):
+        train(_cfg(corpus_file, tmp_path / "split", max_steps=9, seed=1), resume=True)
 
 
 def test_nan_guard_stops_and_keeps_last_good_checkpoint(corpus_file, tmp_path, monkeypatch):

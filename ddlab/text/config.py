@@ -20,9 +20,16 @@ Noise processes and their scaling (docs/design.md):
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import os
+import sys
+import traceback
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from .._checks import as_int, as_real
 
 UNIFORM_Q_SCALING = ("ddlab Uniform: Q = 1 - nI; SEDD's code uses Q/n with Geometric(1e-4, 20), "
                      "so here sigma_bar runs over Geometric(1e-4/n, 20/n), the same process")
@@ -74,6 +81,7 @@ class TrainConfig:
     log_every: int = 10
     progress: bool = True          # tqdm bar
     out: str = "runs/default"
+    ddp_timeout_s: float = 600.0   # DDP: how long a rank waits for the others before failing
     preset: str = field(default="tiny-cpu")
 
 
@@ -93,6 +101,10 @@ PRESETS: dict[str, dict] = {
                   lr=3e-4, warmup=2500, ema=0.9999, max_steps=400_000, eval_every=5000,
                   ckpt_every=5000),
 }
+
+
+class ConfigError(ValueError):
+    """A bad option value or combination: a usage error (the CLIs exit with status 2)."""
 
 
 def _renamed(key: str) -> str:
@@ -128,7 +140,7 @@ def _convert(key: str, raw: str, typ: type):
         return str(raw)
     except ValueError:
         hint = "true/false" if typ is bool else typ.__name__
-        raise ValueError(f"--{key} expects a value of type {hint}, got {raw!r}") from None
+        raise ConfigError(f"--{key} expects a value of type {hint}, got {raw!r}") from None
 
 
 def parse_overrides(args: list[str]) -> dict:
@@ -138,15 +150,15 @@ def parse_overrides(args: list[str]) -> dict:
     while i < len(args):
         tok = args[i]
         if not tok.startswith("--"):
-            raise ValueError(f"expected --key value, got {tok!r}")
+            raise ConfigError(f"expected --key value, got {tok!r}")
         key, eq, raw = tok[2:].partition("=")
         key = _renamed(key.replace("-", "_"))
         if key not in types:
-            raise ValueError(f"unknown option --{key}; valid options: "
+            raise ConfigError(f"unknown option --{key}; valid options: "
                              + ", ".join(f"--{k}" for k in types))
         if not eq:
             if i + 1 >= len(args):
-                raise ValueError(f"--{key} needs a value")
+                raise ConfigError(f"--{key} needs a value")
             raw, i = args[i + 1], i + 1
         out[key] = _convert(key, raw, types[key])
         i += 1
@@ -156,7 +168,7 @@ def parse_overrides(args: list[str]) -> dict:
 def make_config(preset: str = "tiny-cpu", overrides=None) -> TrainConfig:
     """A TrainConfig from a preset plus overrides (a dict, or a list of ``--key value`` strings)."""
     if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
+        raise ConfigError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
     values = dict(PRESETS[preset])
     if isinstance(overrides, (list, tuple)):
         overrides = parse_overrides(list(overrides))
@@ -164,20 +176,168 @@ def make_config(preset: str = "tiny-cpu", overrides=None) -> TrainConfig:
     types = field_types()
     for k, v in overrides.items():
         if k not in types:
-            raise ValueError(f"unknown option {k!r}; valid options: {', '.join(types)}")
+            raise ConfigError(f"unknown option {k!r}; valid options: {', '.join(types)}")
         if types[k] is float and isinstance(v, int) and not isinstance(v, bool):
             v = float(v)
         if not isinstance(v, types[k]) or (types[k] is int and isinstance(v, bool)):
-            raise ValueError(f"option {k!r} expects {types[k].__name__}, got {v!r}")
+            raise ConfigError(f"option {k!r} expects {types[k].__name__}, got {v!r}")
         overrides[k] = v
     values.update(overrides)
     cfg = TrainConfig(preset=preset, **values)
-    if cfg.objective not in ("absorb", "uniform", "ar"):
-        raise ValueError(f"objective must be 'absorb', 'uniform' or 'ar', got {cfg.objective!r}")
-    if cfg.device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {cfg.device!r}")
+    check_config(cfg, device_check=False)    # the device is checked where it is used (train)
     return cfg
 
 
-__all__ = ["TrainConfig", "PRESETS", "UNIFORM_Q_SCALING", "RENAMED", "make_config",
-           "parse_overrides", "config_from_dict"]
+# ------------------------------------------------------------------------------- validation
+def check_device(device, name: str = "--device") -> str:
+    """``device`` if it names a device this machine has: auto, cpu, cuda or cuda:N."""
+    import torch
+    if not isinstance(device, str):
+        raise ConfigError(f"{name} must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    kind, _, index = device.partition(":")
+    if kind not in ("auto", "cpu", "cuda") or (index and (kind != "cuda" or not index.isdigit())):
+        raise ConfigError(f"{name} must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{name} {device!r} was asked for but CUDA is not available on this "
+                              f"machine; use --device cpu (or auto)")
+        if index and int(index) >= torch.cuda.device_count():
+            raise ConfigError(f"{name} {device!r}: this machine has "
+                              f"{torch.cuda.device_count()} GPU(s), cuda:0.."
+                              f"cuda:{torch.cuda.device_count() - 1}")
+    return device
+
+
+def check_config(cfg: TrainConfig, split_length=None, *, device_check: bool = True) -> TrainConfig:
+    """Raise :class:`ConfigError` (a ValueError) naming the first bad field of ``cfg`` (lesson 9).
+
+    Run before the first training step, so that no mistake surfaces only after training.
+    ``split_length`` is the number of characters of the training split (an int), or a dict
+    ``{"train": n, "valid": m}``: the training split must hold one crop of seq_len + 1 (the
+    sampler draws starts in 0..n - seq_len), the others one chunk of seq_len. ``device_check``
+    also checks that the device exists on this machine.
+    """
+    def check(fn, key, *args, **kw):
+        try:
+            return fn(getattr(cfg, key), f"--{key}", *args, **kw)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+
+    if cfg.objective not in ("absorb", "uniform", "ar"):
+        raise ConfigError(f"--objective must be 'absorb', 'uniform' or 'ar', got {cfg.objective!r}")
+    for key in ("n_layer", "n_head", "d_model", "cond_dim", "seq_len", "batch_size",
+                "log_every", "eval_batches"):
+        check(as_int, key, 1)
+    for key in ("max_steps", "warmup", "eval_every", "ckpt_every", "threads", "seed"):
+        check(as_int, key, 0)
+    if cfg.d_model % cfg.n_head or (cfg.d_model // cfg.n_head) % 2:
+        raise ConfigError(f"--d_model = {cfg.d_model} must split into --n_head = {cfg.n_head} "
+                          f"heads of an even width (rotary embeddings)")
+    check(as_real, "dropout", 0.0, 1.0, lo_closed=True)
+    check(as_real, "noise_eps", 0.0, 1.0)
+    check(as_real, "t_min", 0.0, 1.0)
+    check(as_real, "uniform_sigma_min", 0.0)
+    check(as_real, "uniform_sigma_max", cfg.uniform_sigma_min)
+    check(as_real, "lr", 0.0)
+    check(as_real, "weight_decay", 0.0, lo_closed=True)
+    check(as_real, "beta1", 0.0, 1.0, lo_closed=True)
+    check(as_real, "beta2", 0.0, 1.0, lo_closed=True)
+    check(as_real, "grad_clip", 0.0, lo_closed=True)
+    check(as_real, "ema", 0.0, 1.0, lo_closed=True)
+    check(as_real, "time_budget_s", 0.0, lo_closed=True)
+    check(as_real, "ddp_timeout_s", 0.0)
+    if cfg.device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"--device must be 'auto', 'cpu' or 'cuda', got {cfg.device!r}")
+    if device_check:
+        check_device(cfg.device)
+    if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
+        raise ConfigError(f"--out {cfg.out!r} is a file, not a folder; give a folder for the run")
+    if split_length is not None:
+        lengths = split_length if isinstance(split_length, dict) else {"train": split_length}
+        for split, n in lengths.items():
+            need = cfg.seq_len + 1 if split == "train" else cfg.seq_len   # a crop / a chunk
+            if n < need:
+                raise ConfigError(f"--seq_len = {cfg.seq_len} is too long for the {split} split "
+                                  f"of {n:,} characters (it needs at least {need:,}); use "
+                                  f"--seq_len <= {n - (need - cfg.seq_len):,} or more data")
+    return cfg
+
+
+# ------------------------------------------------------------------------------- the commands
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are :class:`ConfigError` (so that :func:`run_cli` prints one line
+    and exits with status 2) instead of a usage block and a second line of its own."""
+
+    def error(self, message):
+        raise ConfigError(message)
+
+
+def at_least(least: int):
+    """An argparse ``type``: an int >= ``least``, else a one-line error naming the value."""
+    def convert(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {raw!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {least}, got {value}")
+        return value
+    convert.__name__ = f"integer >= {least}"
+    return convert
+
+
+class CommandError(SystemExit):
+    """How a CLI ends on an error: exit status ``code``, ``str()`` is the one-line message."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(code)
+        self.message = message
+
+    def __str__(self):
+        return self.message
+
+
+def _debug_flag(argv: list[str]) -> tuple[list[str], bool]:
+    debug = os.environ.get("DDLAB_DEBUG", "").lower() not in ("", "0", "false", "no")
+    return [a for a in argv if a != "--debug"], debug or "--debug" in argv
+
+
+def run_cli(body, argv=None):
+    """Run a command ``body(argv)`` the way every ddlab CLI ends (lesson 9).
+
+    A library error becomes one line on stderr, ``error: <what was wrong and what is valid>``, and
+    exit status 2 for a usage error (:class:`ConfigError`, a bad option) or 1 for a failure (a
+    missing or corrupt checkpoint, a held lock, a diverged run, a data or disk problem). The
+    traceback is printed only with ``--debug`` or ``DDLAB_DEBUG=1``. An exception with an
+    ``exit_code`` attribute (an interrupted training run: 130 for SIGINT, 143 for SIGTERM) exits
+    with it.
+    """
+    argv, debug = _debug_flag(list(sys.argv[1:] if argv is None else argv))
+    try:
+        return body(argv)
+    except CommandError:
+        raise
+    except (Exception, KeyboardInterrupt) as err:     # noqa: BLE001  (the one place that ends)
+        if isinstance(err, KeyboardInterrupt) and not hasattr(err, "exit_code"):
+            code, message = 130, "interrupted"
+        elif hasattr(err, "exit_code"):
+            code, message = err.exit_code, str(err)
+        elif isinstance(err, ConfigError):
+            code, message = 2, str(err)
+        else:
+            known = isinstance(err, (ValueError, RuntimeError, OSError))
+            message = str(err) if known and str(err) else f"{type(err).__name__}: {err}"
+            code = 1
+        message = " ".join(message.split())          # one line, whatever the library wrote
+        if debug:
+            traceback.print_exc()
+        elif code == 1 and not isinstance(err, (ValueError, RuntimeError, OSError)):
+            message += " (rerun with --debug for the traceback)"
+        prefix = "" if isinstance(err, KeyboardInterrupt) else "error: "
+        print(prefix + message, file=sys.stderr, flush=True)
+        raise CommandError(prefix + message, code) from None
+
+
+__all__ = ["TrainConfig", "PRESETS", "UNIFORM_Q_SCALING", "RENAMED", "ConfigError",
+           "make_config", "parse_overrides", "config_from_dict", "check_config", "check_device",
+           "CommandError", "run_cli", "ArgumentParser", "at_least"]

@@ -6,7 +6,7 @@ it 90M / 5M / 5M characters into train / valid / test and reports bits per chara
 
 Pipeline::
 
-    path = text8_path()             # download once, size + MD5 checked, cached atomically
+    path = text8_path()             # download once (size + MD5), cache (size + SHA-256), atomically
     corpus = load_corpus("text8")   # three memory-mapped uint8 splits of token ids
     sampler = CropSampler(corpus.train, length=256, batch=32, seed=0)
     x0 = sampler.next()             # (32, 256) int64: random crops for training
@@ -163,35 +163,75 @@ def download(url: str, dest, size: int, md5: str, opener=None) -> Path:
     return dest
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _cached_ok(out: Path, chars: int) -> bool:
+    """Whether ``out`` is the encoded text8 written by :func:`text8_path`: right size, and the
+    SHA-256 of its bytes equals the one stored beside it when it was built. The size alone would
+    accept any file of 10^8 bytes (one of zeros was once reported as text8); the whole file is
+    hashed (~0.3 s for 100 MB, once per load), so that no corruption anywhere goes unseen."""
+    digest = out.with_name(out.name + ".sha256")
+    try:
+        if out.stat().st_size != chars:
+            return False
+        return digest.read_text().split()[0] == _sha256(out)
+    except (OSError, IndexError):
+        return False
+
+
+def _write_atomic(root: Path, dest: Path, payload: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=root)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def text8_path(root=None, *, url: str = TEXT8_URL, size: int = TEXT8_ZIP_BYTES,
                md5: str = TEXT8_ZIP_MD5, chars: int = TEXT8_CHARS, opener=None) -> Path:
     """Path of the encoded text8 file (``text8.u8``: one uint8 token id per character).
 
     Downloads ``text8.zip`` into ``root`` (default :func:`data_dir`) if it is not there, checks
-    its size and MD5, unzips it and encodes it, each step written atomically. The parameters exist
-    so that tests can point this at a small archive of their own.
+    its size and MD5, unzips it and encodes it, each step written atomically, and stores the
+    SHA-256 of the encoded bytes in ``text8.u8.sha256``. A cached ``text8.u8`` is used only if its
+    size and that hash match; otherwise it is rebuilt from the (MD5-checked) archive. A data
+    folder that cannot be created or written raises DataError (so that ``load_corpus`` can fall
+    back), never a bare OSError. The parameters exist so that tests can point this at a small
+    archive of their own.
     """
     root = Path(root) if root is not None else data_dir()
     out = root / "text8.u8"
-    if out.exists() and out.stat().st_size == chars:
+    if _cached_ok(out, chars):
         return out
-    zpath = download(url, root / "text8.zip", size, md5, opener)
-    with zipfile.ZipFile(zpath) as zf:
-        names = zf.namelist()
-        if names != ["text8"]:
-            raise DataError(f"{zpath} should hold one member 'text8', holds {names}")
-        raw = zf.read("text8")
-    if len(raw) != chars:
-        raise DataError(f"text8 inside {zpath} has {len(raw):,} characters, expected {chars:,}")
-    ids = encode(raw.decode("ascii"))
-    fd, tmp = tempfile.mkstemp(prefix="text8.", suffix=".part", dir=root)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(ids.tobytes())
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        if root.exists() and not root.is_dir():
+            raise DataError(f"the data folder {root} is a file, not a folder; set $DDLAB_DATA "
+                            f"to a folder")
+        zpath = download(url, root / "text8.zip", size, md5, opener)
+        with zipfile.ZipFile(zpath) as zf:
+            names = zf.namelist()
+            if names != ["text8"]:
+                raise DataError(f"{zpath} should hold one member 'text8', holds {names}")
+            raw = zf.read("text8")
+        if len(raw) != chars:
+            raise DataError(f"text8 inside {zpath} has {len(raw):,} characters, expected "
+                            f"{chars:,}")
+        payload = encode(raw.decode("ascii")).tobytes()
+        _write_atomic(root, out, payload)
+        _write_atomic(root, out.with_name(out.name + ".sha256"),
+                      (hashlib.sha256(payload).hexdigest() + "  text8.u8\n").encode())
+    except OSError as err:      # read-only, full, or a path through a file: not a usable folder
+        raise DataError(f"the data folder {root} is not usable ({err.strerror or err}); set "
+                        f"$DDLAB_DATA to a writable folder") from None
     return out
 
 
@@ -245,7 +285,8 @@ def load_corpus(name: str = "text8", *, fallback: bool = True, root=None, **text
             # are filtered) and a warning (catchable by callers and tests).
             print("\n" + "!" * 78 + "\n!! text8 is NOT available, so this run uses the FALLBACK "
                   "corpus (Python's pydoc\n!! topics, ~450K characters). Its bits/char are NOT "
-                  "text8 numbers.\n!! Reason: " + str(err) + "\n" + "!" * 78, file=sys.stderr)
+                  "text8 numbers.\n!! Reason: " + " ".join(str(err).split()) + "\n" + "!" * 78,
+                  file=sys.stderr)
             warnings.warn("text8 is not available: using the FALLBACK corpus (pydoc topics); "
                           "its numbers are NOT text8 numbers", stacklevel=2)
             return load_corpus("fallback")

@@ -12,15 +12,15 @@ baseline it is the exact negative log-likelihood (standard error 0). Both use th
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
 
 import torch
 
 from .._numerics import LN2
 from ..likelihood import nll_bound
+from .._checks import as_int
 from .checkpoint import load_model
+from .config import ArgumentParser, at_least, check_device, run_cli
 from .data import eval_chunks, load_corpus
 
 
@@ -55,7 +55,12 @@ def bits_per_char(rm, schedule, model, x0: torch.Tensor, *, num_t: int = 32,
 def evaluate_run(run_dir, split: str = "test", *, num_t: int = 32, max_chunks=None,
                  batch_size: int = 64, device=None, seed: int = 0) -> dict:
     """Load a run folder and return {"bpc", "stderr", "chunks", "corpus", "objective", ...}."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    num_t, batch_size = as_int(num_t, "num_t", 1), as_int(batch_size, "batch_size", 1)
+    if max_chunks is not None:
+        max_chunks = as_int(max_chunks, "max_chunks", 1)
+    device = check_device(device or "auto", "device")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     model, cfg, rm, schedule = load_model(run_dir, device)
     corpus = load_corpus(cfg.data, fallback=cfg.fallback)
     chunks = eval_chunks(corpus.split(split), cfg.seq_len, max_chunks)
@@ -65,27 +70,32 @@ def evaluate_run(run_dir, split: str = "test", *, num_t: int = 32, max_chunks=No
             "split": split, "corpus": corpus.name, "objective": cfg.objective, "num_t": num_t}
 
 
-def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m ddlab.text.evaluate",
-                                description=__doc__.split("\n")[0])
+def _main(argv: list[str]) -> dict:
+    p = ArgumentParser(prog="python -m ddlab.text.evaluate", description=__doc__.split("\n")[0])
     p.add_argument("run", help="run folder written by ddlab.text.train (holds ckpt.pt)")
     p.add_argument("--split", default="test", choices=["train", "valid", "test"])
-    p.add_argument("--num_t", type=int, default=32, help="stratified times per sequence")
-    p.add_argument("--max_chunks", type=int, default=None, help="evaluate only the first chunks")
-    p.add_argument("--batch_size", type=int, default=64)
-    p.add_argument("--device", default=None)
-    p.add_argument("--seed", type=int, default=0)
-    a = p.parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        r = evaluate_run(a.run, a.split, num_t=a.num_t, max_chunks=a.max_chunks,
-                         batch_size=a.batch_size, device=a.device, seed=a.seed)
-    except (FileNotFoundError, ValueError) as err:
-        raise SystemExit(f"error: {err}") from None
+    p.add_argument("--num_t", type=at_least(1), default=32, help="stratified times per sequence")
+    p.add_argument("--max_chunks", type=at_least(1), default=None,
+                   help="evaluate only the first chunks")
+    p.add_argument("--batch_size", type=at_least(1), default=64)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--seed", type=at_least(0), default=0)
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    a = p.parse_args(argv)
+    check_device(a.device)
+    r = evaluate_run(a.run, a.split, num_t=a.num_t, max_chunks=a.max_chunks,
+                     batch_size=a.batch_size, device=a.device, seed=a.seed)
     kind = "upper bound (DWDSE)" if r["objective"] != "ar" else "exact NLL (AR)"
     print(f"{a.run}: {r['split']} bits/char {r['bpc']:.4f} +- {r['stderr']:.4f} "
           f"({kind}, {r['chunks']} chunks = {r['chars']:,} chars of {r['corpus']}, "
           f"num_t = {r['num_t']})")
     return r
+
+
+def main(argv=None) -> dict:
+    """``python -m ddlab.text.evaluate``; an error ends as one line ``error: ...`` (exit 2 for a
+    bad option, 1 for a missing or corrupt run; ``--debug`` shows the traceback)."""
+    return run_cli(_main, argv)
 
 
 __all__ = ["bits_per_char", "evaluate_run", "main"]

@@ -18,9 +18,7 @@ bits/char on the samples (lower = more plausible text to the AR model).
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
 import time
 
 import numpy as np
@@ -29,7 +27,8 @@ import torch
 from .._numerics import LN2
 from ..sampling import sample as run_sampler
 from .checkpoint import load_model
-from .data import ALPHABET, MASK_CHAR, decode, encode, text8_normalize
+from .config import ArgumentParser, ConfigError, at_least, check_device, run_cli
+from .data import ALPHABET, MASK_CHAR, decode, encode
 
 
 def make_clamp(d: int, *, prefix: str = "", suffix: str = "", pattern: str | None = None):
@@ -145,45 +144,67 @@ def generative_bpc_curve(rm, schedule, model, ar_model, steps_list, samplers=("e
     return {s: [r["bpc"] for r in rows if r["sampler"] == s] for s in samplers}
 
 
-def main(argv=None) -> list[str]:
-    p = argparse.ArgumentParser(prog="python -m ddlab.text.generate",
-                                description=__doc__.split("\n")[0])
+def text8_option(text: str, name: str) -> str:
+    """A --prefix / --suffix in the text8 alphabet: lower-cased, and refused (naming them) if it
+    holds characters text8 has not, instead of silently dropping them."""
+    text = text.lower()
+    bad = sorted(set(text) - set(ALPHABET))
+    if bad:
+        raise ConfigError(f"--{name} {text!r}: the characters {''.join(bad)!r} are not in the "
+                          f"text8 alphabet (a-z and space; upper case is lowered)")
+    return text
+
+
+def _main(argv: list[str]) -> list[str]:
+    p = ArgumentParser(prog="python -m ddlab.text.generate", description=__doc__.split("\n")[0])
     p.add_argument("run", help="run folder written by ddlab.text.train")
-    p.add_argument("--steps", type=int, default=128)
+    p.add_argument("--steps", type=at_least(1), default=128)
     p.add_argument("--sampler", default="tweedie", choices=["tweedie", "euler", "exact"])
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--length", type=int, default=None, help="characters (default: seq_len)")
+    p.add_argument("--batch", type=at_least(1), default=4)
+    p.add_argument("--length", type=at_least(1), default=None,
+                   help="characters, 1..seq_len (default: seq_len)")
     p.add_argument("--prefix", default="")
     p.add_argument("--suffix", default="")
     p.add_argument("--pattern", default=None, help="e.g. 'the ____ sat on the ___'")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None)
-    a = p.parse_args(sys.argv[1:] if argv is None else argv)
-    device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        model, cfg, rm, schedule = load_model(a.run, device)
-        if rm is None:
-            raise ValueError(f"{a.run} is an autoregressive run; only diffusion runs generate "
-                             f"text by sampling")
-        if a.pattern is not None:
-            d = len(a.pattern)
-        else:
-            d = a.length or cfg.seq_len
-        if d > cfg.seq_len:
-            raise ValueError(f"length {d} exceeds the model's seq_len = {cfg.seq_len}")
-        norm = lambda s: text8_normalize(s) if s.strip() else s    # noqa: E731
-        clamp = make_clamp(d, prefix=norm(a.prefix), suffix=norm(a.suffix), pattern=a.pattern)
-        x = generate(rm, schedule, model, a.batch, d, a.steps, a.sampler, clamp=clamp, seed=a.seed)
-    except (FileNotFoundError, ValueError) as err:
-        raise SystemExit(f"error: {err}") from None
+    p.add_argument("--seed", type=at_least(0), default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    a = p.parse_args(argv)
+    device = check_device(a.device)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    prefix, suffix = text8_option(a.prefix, "prefix"), text8_option(a.suffix, "suffix")
+    bad = sorted(set(a.pattern or "") - set(ALPHABET + MASK_CHAR))
+    if bad:
+        raise ConfigError(f"--pattern {a.pattern!r}: the characters {''.join(bad)!r} are not in "
+                          f"the text8 alphabet (a-z, space, and '_' for a position to fill)")
+    if a.pattern is not None and a.length is not None and a.length != len(a.pattern):
+        raise ConfigError(f"--length {a.length} and a --pattern of {len(a.pattern)} characters "
+                          f"disagree; the pattern sets the length")
+    model, cfg, rm, schedule = load_model(a.run, device)
+    if rm is None:
+        raise ValueError(f"{a.run} is an autoregressive run; only diffusion runs generate "
+                         f"text by sampling")
+    d = len(a.pattern) if a.pattern is not None else (a.length or cfg.seq_len)
+    if d > cfg.seq_len:
+        raise ConfigError(f"length {d} exceeds the model's seq_len = {cfg.seq_len}; give "
+                          f"--length 1..{cfg.seq_len}")
+    clamp = make_clamp(d, prefix=prefix, suffix=suffix, pattern=a.pattern)
+    x = generate(rm, schedule, model, a.batch, d, a.steps, a.sampler, clamp=clamp, seed=a.seed)
     texts = decode(x)
     for t in texts:
         print(repr(t))
     return texts
 
 
-__all__ = ["make_clamp", "generate", "generative_bpc", "unigram_entropy", "ar_score",
-           "sample_quality", "generative_bpc_curve", "main"]
+def main(argv=None) -> list[str]:
+    """``python -m ddlab.text.generate``; an error ends as one line ``error: ...`` (exit 2 for a
+    bad option, 1 for a missing or corrupt run; ``--debug`` shows the traceback)."""
+    return run_cli(_main, argv)
+
+
+__all__ = ["make_clamp", "text8_option", "generate", "generative_bpc", "unigram_entropy",
+           "ar_score", "sample_quality", "generative_bpc_curve", "main"]
 
 
 if __name__ == "__main__":

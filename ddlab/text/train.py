@@ -21,15 +21,27 @@ torch.compile, a tqdm bar, periodic evaluation, atomic checkpoints (``ddlab.text
 a guard that stops on a NaN/inf loss without overwriting the last good checkpoint
 (:class:`LossLog`), and DDP under torchrun. Each step is :func:`train_step`, which never
 synchronises with a GPU.
+
+Nothing is lost or clobbered: the whole configuration is checked before the first step
+(``config.check_config``); a folder that already holds a run is refused unless ``--resume`` or
+``--overwrite``; the folder is locked while training (``checkpoint.RunLock``), so a second training
+on it stops at once; SIGINT (Ctrl-C, a notebook's interrupt) and SIGTERM write a checkpoint after
+the current step and stop (:class:`TrainingInterrupted`: exit status 130 / 143, a KeyboardInterrupt
+in a notebook), and that checkpoint resumes bit-for-bit; the checkpoint is written before the final
+evaluation. On ``--resume`` the optimisation knobs (``RESUMABLE_CHANGES``) may change, as the NaN
+guard's advice asks; the log says which did. Every CLI error is one line ``error: ...``
+(``config.run_cli``; ``--debug`` shows the traceback).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import gc
 import json
 import os
-import sys
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -40,18 +52,39 @@ import torch.nn as nn
 from .._checks import skip_value_checks
 from .._numerics import LN2
 from ..losses import dwdse, stratified_times
-from .checkpoint import (CKPT_NAME, EMA, build_model, build_process, load_checkpoint,
-                         restore_rng_state, save_checkpoint)
-from .config import RENAMED, TrainConfig, make_config
+from .checkpoint import (CKPT_NAME, EMA, CheckpointError, build_model, build_process,
+                         load_checkpoint, prepare_run_folder, restore_rng_state, save_checkpoint)
+from .config import RENAMED, ConfigError, TrainConfig, check_config, make_config, run_cli
 from .data import CropSampler, eval_chunks, load_corpus
 
-# What may change between a run and its resumption: its length, logging and runtime knobs.
-RESUMABLE_CHANGES = ("max_steps", "time_budget_s", "progress", "out", "threads", "eval_every",
-                     "eval_batches", "ckpt_every", "log_every", "device", "compile")
+# What may change between a run and its resumption. The optimisation knobs are here so that the
+# NaN guard's advice (lower --lr, raise --warmup, ... then --resume) can be followed; a resumed
+# run with changed knobs is no longer bit-identical to an uninterrupted one, and the log says so.
+OPTIMISATION_KNOBS = ("lr", "warmup", "grad_clip", "weight_decay", "beta1", "beta2", "ema",
+                      "bf16", "time_budget_s", "max_steps")
+RESUMABLE_CHANGES = OPTIMISATION_KNOBS + ("progress", "out", "threads", "eval_every",
+                                          "eval_batches", "ckpt_every", "log_every", "device",
+                                          "compile", "ddp_timeout_s")
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint was kept."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped training; a checkpoint of the last finished step was written.
+
+    A KeyboardInterrupt, so that a notebook's interrupt button ends the cell as usual (after the
+    save); the CLI exits with ``exit_code`` (128 + the signal number: 130 SIGINT, 143 SIGTERM)."""
+
+    def __init__(self, signum: int, step: int, out):
+        name = signal.Signals(signum).name
+        super().__init__(f"interrupted by {name} at step {step}: checkpoint saved in {out}; "
+                         f"continue with --resume")
+        self.signum, self.step, self.exit_code = signum, step, 128 + signum
+
+    def __str__(self):
+        return self.args[0]
 
 
 # ------------------------------------------------------------------------------- the loss
@@ -246,8 +279,9 @@ class LossLog:
             what = (f"loss became {vals[~finite][0].item()} at step "
                     f"{first + int((~finite).nonzero()[0])}" if not finite.all() else
                     f"loss became non-finite on another rank by step {step}")
-            raise TrainingDiverged(f"{what}; stopping ({where}). Lower --lr, raise --warmup or "
-                                   f"--grad_clip, or disable --bf16, then --resume.")
+            raise TrainingDiverged(f"{what}; stopping ({where}). Lower --lr, raise --warmup, clip "
+                                   f"harder (a smaller --grad_clip > 0) or pass --bf16 false, "
+                                   f"then rerun with --resume (these may change on resume).")
         self.history.extend({"step": first + k, "loss_bpc": float(v)} for k, v in enumerate(vals))
         if self.bar is not None:
             rate = self.tokens_per_s(step, self.seconds())
@@ -266,16 +300,66 @@ def progress_bar(cfg: TrainConfig, step: int):
     return tqdm(total=cfg.max_steps, initial=step, desc=f"{cfg.objective} {cfg.preset}")
 
 
+class StopSignals:
+    """While active, SIGINT and SIGTERM only set :attr:`signum`; the training loop then saves a
+    checkpoint after the current step and stops. A second signal acts at once (the default
+    handlers are back), so a stuck save can still be interrupted; checkpoints are atomic.
+
+    Handlers can only be installed from the main thread; elsewhere this does nothing."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum, self.previous = None, {}
+
+    def _handler(self, signum, frame):
+        self.signum = signum
+        for s, h in self.previous.items():    # the next signal is not deferred
+            signal.signal(s, h)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.getsignal(s) for s in self.SIGNALS}
+            for s in self.SIGNALS:
+                signal.signal(s, self._handler)
+        return self
+
+    def restore(self) -> None:
+        """Put the previous handlers back (idempotent); ``signum`` keeps what was caught."""
+        for s, h in self.previous.items():
+            signal.signal(s, h)
+        self.previous = {}
+
+    def __exit__(self, *exc):
+        self.restore()
+
+
+def stop_requested(signals: StopSignals, step: int, cfg: TrainConfig, device) -> int | None:
+    """The signal to stop for, or None. Under DDP the ranks agree at logging steps (a rank that
+    stopped alone would leave the others waiting in the next all-reduce)."""
+    if not distributed():
+        return signals.signum
+    if step % cfg.log_every:
+        return None
+    if any_rank(signals.signum is not None, device):
+        return signals.signum or signal.SIGTERM
+    return None
+
+
 # ------------------------------------------------------------------------------- resuming
-def check_resumable(ck: dict, cfg: TrainConfig, path, world: int) -> None:
-    """Raise ValueError unless the checkpoint ``ck`` (read from ``path``) can be continued
-    bit-for-bit by this run: same configuration up to RESUMABLE_CHANGES, same number of ranks."""
-    saved = {RENAMED.get(k, k): v for k, v in ck["config"].items()}
-    saved = {k: v for k, v in saved.items() if k not in RESUMABLE_CHANGES}
+def check_resumable(ck: dict, cfg: TrainConfig, path, world: int) -> dict:
+    """Raise ValueError unless the checkpoint ``ck`` (read from ``path``) can be continued by this
+    run: same configuration up to RESUMABLE_CHANGES, same number of ranks. Returns the changed
+    optimisation knobs, ``{name: (saved, given)}`` (empty: the continuation is bit-for-bit)."""
+    if not isinstance(ck["config"], dict):
+        raise CheckpointError(f"{path} is not a ddlab checkpoint (its config is not a dict)")
+    saved_all = {RENAMED.get(k, k): v for k, v in ck["config"].items()}
+    saved = {k: v for k, v in saved_all.items() if k not in RESUMABLE_CHANGES}
     now = {k: v for k, v in dataclasses.asdict(cfg).items() if k in saved}
     if now != saved:
-        diff = {k: (saved[k], now[k]) for k in saved if saved[k] != now[k]}
-        raise ValueError(f"--resume with a different configuration: {diff} (saved, given)")
+        diff = {k: (saved[k], now.get(k)) for k in saved if saved[k] != now.get(k)}
+        raise ValueError(f"--resume with a different configuration: {diff} (saved, given); "
+                         f"only {', '.join(RESUMABLE_CHANGES)} may change on resume")
     if "rng" not in ck:
         raise ValueError(f"--resume: {path} was written by an older ddlab that did not save "
                          f"every rank's random state, so it cannot continue bit-for-bit; start a "
@@ -284,6 +368,10 @@ def check_resumable(ck: dict, cfg: TrainConfig, path, world: int) -> None:
         raise ValueError(f"--resume: the checkpoint was written by {len(ck['rng'])} process(es) "
                          f"and this run has {world}; resume with the same number (each rank "
                          f"continues its own random streams)")
+    given = dataclasses.asdict(cfg)
+    return {k: (saved_all[k], given[k]) for k in OPTIMISATION_KNOBS
+            if k in saved_all and saved_all[k] != given[k] and k not in ("max_steps",
+                                                                          "time_budget_s")}
 
 
 def resume_run(out: Path, cfg: TrainConfig, model, ema: EMA, opt, sampler, noise_gen,
@@ -296,18 +384,29 @@ def resume_run(out: Path, cfg: TrainConfig, model, ema: EMA, opt, sampler, noise
         return 0, []
     rank, world = rank_and_world()
     ck = load_checkpoint(out)
-    check_resumable(ck, cfg, path, world)
-    model.load_state_dict(ck["model"])
-    ema.load_state_dict({"shadow": [s.to(device) for s in ck["ema"]["shadow"]],
-                         "updates": ck["ema"]["updates"]})
-    opt.load_state_dict(ck["opt"])
-    restore_rng_state(ck["rng"][rank], sampler, noise_gen)
+    changed = check_resumable(ck, cfg, path, world)
+    try:
+        model.load_state_dict(ck["model"])
+        ema.load_state_dict({"shadow": [s.to(device) for s in ck["ema"]["shadow"]],
+                             "updates": ck["ema"]["updates"]})
+        opt.load_state_dict(ck["opt"])
+        restore_rng_state(ck["rng"][rank], sampler, noise_gen)
+    except (RuntimeError, KeyError, TypeError, ValueError, IndexError) as err:
+        raise CheckpointError(f"{path} cannot be resumed: its state does not fit this run "
+                              f"({' '.join(str(err).split())[:300]})") from None
+    # the optimiser's saved hyperparameters give way to the given ones (lr is set every step;
+    # the EMA's decay is cfg.ema from its constructor)
+    for g in opt.param_groups:
+        g["weight_decay"], g["betas"] = cfg.weight_decay, (cfg.beta1, cfg.beta2)
     log(f"resumed {out} at step {ck['step']}")
+    if changed:
+        log("resume: changed " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items())
+            + " (the continuation is not bit-identical to the original run)")
     return ck["step"], ck["history"]
 
 
 # ------------------------------------------------------------------------------- training
-def train(cfg: TrainConfig, *, resume: bool = False, log=None) -> dict:
+def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, log=None) -> dict:
     """Train per ``cfg``; returns {"history", "final_valid_bpc", "steps", "tokens_per_s", ...}.
 
     ``history`` holds one {"step", "loss_bpc"} per step (loss in bits/char); ``model`` is the
@@ -315,12 +414,40 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=None) -> dict:
     ``ddlab.text.checkpoint.load_model``). Under DDP (a process group already initialised, e.g.
     by torchrun via :func:`main`) every rank trains on its own batches and only rank 0 writes to
     ``cfg.out``.
+
+    ``cfg.out`` must not hold a run already, unless ``resume`` (continue it) or ``overwrite``
+    (replace it); it is locked while training. SIGINT / SIGTERM save a checkpoint after the
+    current step and raise :class:`TrainingInterrupted` (a KeyboardInterrupt).
     """
     rank, world = rank_and_world()
     log = log or (lambda *a: print(*a, flush=True)) if rank == 0 else (lambda *a: None)
+    check_config(cfg)                  # before anything is loaded, built or written
     device = select_device(cfg, rank)
     out = Path(cfg.out)
+    corpus = load_corpus(cfg.data, fallback=cfg.fallback)
+    check_config(cfg, {"train": len(corpus.train), "valid": len(corpus.valid)})
 
+    # From here on a SIGINT / SIGTERM is deferred to the training loop, which saves and stops
+    # (so that a signal during set-up cannot leave the lock behind or a half-set-up run).
+    with StopSignals() as signals:
+        # the run folder: rank 0 locks it and checks it may write there; every rank learns the
+        # outcome
+        lock, failure = None, None
+        if rank == 0:
+            try:
+                lock = prepare_run_folder(out, resume=resume, overwrite=overwrite, log=log)
+            except Exception as err:   # noqa: BLE001  (re-raised below, on every rank)
+                failure = err
+        if any_rank(failure is not None, device):
+            raise failure or RuntimeError(f"rank 0 could not prepare the run folder {out}")
+        try:
+            return _train(cfg, resume, log, rank, world, device, out, corpus, signals)
+        finally:
+            if lock is not None:
+                lock.release()
+
+
+def _train(cfg, resume, log, rank, world, device, out, corpus, signals) -> dict:
     # set up: the network, its noise process and loss, the optimiser, the data and noise streams
     torch.manual_seed(cfg.seed)
     model = build_model(cfg).to(device)
@@ -328,7 +455,6 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=None) -> dict:
     objective = Objective(rm, schedule, model, cfg.t_min)
     ema = EMA(model.parameters(), cfg.ema)
     opt = make_optimizer(model, cfg, device)
-    corpus = load_corpus(cfg.data, fallback=cfg.fallback)
     sampler = CropSampler(corpus.train, cfg.seq_len, cfg.batch_size, seed=cfg.seed * 1000 + rank)
     noise_gen = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + 500 + rank)
     step, history = 0, []
@@ -343,9 +469,19 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=None) -> dict:
     def checkpoint():              # every rank calls it (it gathers their random streams)
         save_checkpoint(out, cfg, model, ema, opt, step, history, sampler, noise_gen, corpus.name)
 
-    # the loop: a step, then on schedule a flush of the losses, an evaluation, a checkpoint
+    def interrupted(signum):
+        losses.flush(step)
+        checkpoint()
+        losses.close()
+        return TrainingInterrupted(signum, step, out)
+
+    # the loop: a step, then on schedule a flush of the losses, an evaluation, a checkpoint;
+    # a SIGINT / SIGTERM (caught since set-up) ends it between two steps with a checkpoint
     model.train()
     while step < cfg.max_steps and not out_of_time(step, losses.seconds(), cfg, device):
+        signum = stop_requested(signals, step, cfg, device)
+        if signum is not None:
+            raise interrupted(signum)
         loss = train_step(runner, model, opt, ema, next_batch(sampler, device), noise_gen,
                           get_lr(step, cfg), cfg, use_bf16)
         step += 1
@@ -360,12 +496,16 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=None) -> dict:
             losses.flush(step)
             checkpoint()
 
-    # finish: the last losses, a final evaluation and checkpoint, metrics.json
+    # finish: the last losses and the checkpoint (before the evaluation, so that a failure there
+    # loses nothing), a final evaluation, metrics.json. A signal from here on acts at once.
     losses.flush(step)
     elapsed = losses.seconds()
     losses.close()
-    valid_bpc = ema_quick_eval(objective, ema, corpus.valid, cfg, device)
     checkpoint()
+    signals.restore()
+    if signals.signum is not None:             # caught after the last check in the loop
+        raise TrainingInterrupted(signals.signum, step, out)
+    valid_bpc = ema_quick_eval(objective, ema, corpus.valid, cfg, device)
     if runner is not objective:    # DDP's wrapper lives in a reference cycle that holds the
         del runner                 # process group: left to a late GC, it outlives the caller's
         gc.collect()               # destroy_process_group and aborts the process at exit
@@ -385,9 +525,27 @@ def write_metrics(out: Path, result: dict) -> None:
                                                   if k != "history"}, indent=1))
 
 
-def main(argv=None) -> dict:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    preset, resume, rest = "tiny-cpu", False, []
+_BOOL_WORDS = ("1", "true", "yes", "on", "0", "false", "no", "off")
+
+
+def _flag(argv: list[str], i: int, name: str) -> tuple[bool, int] | None:
+    """``--name``, ``--name=VALUE`` or ``--name VALUE`` (VALUE true/false) at argv[i]:
+    (value, index of the next argument), or None if argv[i] is not this flag."""
+    a = argv[i]
+    if a == f"--{name}":
+        if i + 1 < len(argv) and argv[i + 1].lower() in _BOOL_WORDS:
+            return argv[i + 1].lower() in _BOOL_WORDS[:4], i + 2
+        return True, i + 1
+    if a.startswith(f"--{name}="):
+        raw = a.split("=", 1)[1].lower()
+        if raw not in _BOOL_WORDS:
+            raise ConfigError(f"--{name} expects true/false, got {a.split('=', 1)[1]!r}")
+        return raw in _BOOL_WORDS[:4], i + 1
+    return None
+
+
+def _main(argv: list[str]) -> dict:
+    preset, flags, rest = "tiny-cpu", {"resume": False, "overwrite": False}, []
     i = 0
     while i < len(argv):
         a = argv[i]
@@ -395,34 +553,41 @@ def main(argv=None) -> dict:
             preset, i = argv[i + 1], i + 2
             continue
         if a.startswith("--preset="):
-            preset = a.split("=", 1)[1]
-        elif a == "--resume":
-            resume = True
-        elif a in ("-h", "--help"):
+            preset, i = a.split("=", 1)[1], i + 1
+            continue
+        if a in ("-h", "--help"):
             print(__doc__)
-            print("options: --preset NAME --resume " + " ".join(
+            print("options: --preset NAME --resume --overwrite --debug " + " ".join(
                 f"--{f.name}" for f in dataclasses.fields(TrainConfig) if f.name != "preset"))
             return {}
+        for name in flags:
+            hit = _flag(argv, i, name)
+            if hit is not None:
+                flags[name], i = hit
+                break
         else:
             rest.append(a)
-        i += 1
-    try:
-        cfg = make_config(preset, rest)
-    except ValueError as err:
-        raise SystemExit(f"error: {err}") from None
+            i += 1
+    cfg = make_config(preset, rest)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo"
-        dist.init_process_group(backend)
+        # a stalled rank fails the others after ddp_timeout_s instead of gloo's 30 minutes
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=cfg.ddp_timeout_s))
     try:
-        return train(cfg, resume=resume)
-    except TrainingDiverged as err:
-        raise SystemExit(f"error: {err}") from None
+        return train(cfg, **flags)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
 
 
-__all__ = ["TrainingDiverged", "dwdse_loss", "Objective", "get_lr", "make_optimizer",
+def main(argv=None) -> dict:
+    """``python -m ddlab.text.train``: errors end as one line ``error: ...`` (exit 2 for a bad
+    option, 1 for a failure; ``--debug`` shows the traceback), an interrupt as 130 / 143."""
+    return run_cli(_main, argv)
+
+
+__all__ = ["TrainingDiverged", "TrainingInterrupted", "StopSignals", "OPTIMISATION_KNOBS",
+           "RESUMABLE_CHANGES", "dwdse_loss", "Objective", "get_lr", "make_optimizer",
            "train_step", "next_batch", "quick_eval", "ema_quick_eval", "any_rank", "LossLog",
            "check_resumable", "resume_run", "train", "main"]
 
