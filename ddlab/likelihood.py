@@ -39,8 +39,10 @@ Three things decide how tight it is, and each is documented and measured in less
   stratified, which tames the variance of the low-noise end where few tokens are masked. Beyond
   ``sigma_bar(1)`` the score is evaluated at ``sigma_bar(1)`` and rescaled by the exact time
   dependence of every absorbing score, ``s_y ∝ 1 / (e^{sigma_bar} - 1)`` at a masked token. This
-  extra piece is O(e^{-sigma_bar(1)}) of the total (0.1% for LogLinear(1e-3)), and it makes (1)
-  a bound for exactly the model that ``ddlab.sampling.sample`` runs from all-MASK.
+  extra piece is O(e^{-sigma_bar(1)}) of the total (0.1% for LogLinear(1e-3)); the model bounded
+  is then the continuous-time reverse chain started all-MASK at sigma_bar = inf, not a k-step
+  sampler such as ``ddlab.sampling.sample``, whose law differs by its discretisation and
+  factorisation errors (lessons 5, 6, 7).
 
 Zero ratios: the log of a ratio is clamped at ``LOG_FLOOR`` = -50 before the loss. A ratio of 0
 where the data has r_y > 0 makes the true bound infinite; the floor turns that into a large

@@ -323,3 +323,111 @@ __all__ = [
     "denoiser_from_score", "denoiser_fn_from_score_fn", "score_entropy_offset",
     "mdlm_step_probs", "mdlm_sample", "mdlm_nll_bound",
 ]
+
+
+# ------------------------------------------------------------------ lesson 8's figures and slider
+
+
+def smoothed_denoiser_fn(denoiser_fn, n: int, mix: float = 0.3):
+    """Lesson 8's deliberately imperfect model: ``(1 - mix) * denoiser + mix * uniform``.
+
+    The uniform part is over the ``n - 1`` clean tokens (MASK keeps probability 0), so every
+    clean token has probability at least ``mix / (n - 1)``: its cross-entropy is finite
+    everywhere, and it is *not* the exact denoiser (SEDD's and MDLM's integrands must agree for
+    any normalised denoiser, not only the exact one).
+    """
+    mix = as_real(mix, "mix", 0.0, 1.0)
+    flat = torch.full((n,), 1.0 / (n - 1), dtype=torch.float64)
+    flat[n - 1] = 0.0
+
+    def smoothed(x_t, sigma_bar):
+        return (1 - mix) * denoiser_fn(x_t, sigma_bar) + mix * flat
+    return smoothed
+
+
+def expected_integrands(schedule, denoiser_fn, p0, t) -> dict:
+    """SEDD's and MDLM's loss integrands at times t, averaged exactly over the data (lesson 8).
+
+    For the absorbing chain on ``n = p0.shape[0]`` states (MASK = n - 1) and a joint ``p0`` of
+    shape (n,)*d with no mass on MASK, by enumeration of every x0 in the support and every x_t
+    with ``p(x_t | x0) > 0`` (no Monte Carlo):
+
+    * ``sedd``: ``E sigma(t) sum_i DSE_i`` with the denoiser turned into a score
+      (:func:`log_score_from_denoiser`), through the library's one estimator ``losses.dwdse``;
+    * ``mdlm``: ``E w(t) sum_{masked i} -log p_theta(x0_i | x_t)`` (:func:`mdlm_loss`);
+    * ``sedd_without_K``: ``sedd`` plus ``sigma(t) score_entropy_offset`` per masked token, the
+      loss that drops the constant K(r);
+    * ``weight``: :func:`mdlm_weight` at t.
+
+    Returns a dict of float64 tensors of the shape of ``t`` (a 1-D grid or a scalar) and ``t``.
+    A denoiser's zero at a wrong token is floored at ``LOG_FLOOR`` like ``mdlm_nll_bound``.
+    """
+    from .sequences import all_sequences
+    p0 = as_float(p0, torch.float64)
+    n, d = p0.shape[0], p0.dim()
+    if len(set(p0.shape)) != 1 or n < 2:
+        raise ValueError(f"p0 must have shape (n,)*d with n >= 2, got {tuple(p0.shape)}")
+    rm = Absorbing(n)
+    t = check_time(t).to(torch.float64)
+    scalar = t.dim() == 0
+    ts = t.reshape(-1)
+    if (ts == 0).any():
+        raise ValueError("t must be > 0: the weights are infinite at t = 0")
+    states = all_sequences(n, d)
+    flat = p0.reshape(-1)
+    x0s, w0 = states[flat > 0], flat[flat > 0]
+    if (x0s == n - 1).any():
+        raise ValueError("p0 puts mass on a sequence holding MASK; clean data never contains MASK")
+    out = {k: torch.empty(ts.shape[0], dtype=torch.float64)
+           for k in ("sedd", "mdlm", "sedd_without_K", "weight")}
+    for k, tk in enumerate(ts):
+        sb = schedule.sigma_bar(tk).to(torch.float64)
+        P = rm.transition(sb)                                          # P[y, x] = p(y | x)
+        q = torch.ones(x0s.shape[0], states.shape[0], dtype=torch.float64)
+        for i in range(d):
+            q = q * P[states[:, i][None, :], x0s[:, i][:, None]]
+        b, j = (q > 0).nonzero(as_tuple=True)
+        pair_w = w0[b] * q[b, j]
+        x_t, x0 = states[j], x0s[b]
+        log_p = torch.log(as_float(denoiser_fn(states, sb.expand(states.shape[0])),
+                                   torch.float64).clamp_min(0)).clamp_min(LOG_FLOOR)[j]
+        sb_b = sb.expand(x_t.shape[0])
+        sig = schedule.sigma(tk).to(torch.float64)
+        sedd = dwdse(rm, lambda x, s: log_score_from_denoiser(log_p, x, s), x0, sb_b, sig, x_t=x_t)
+        ce = mdlm_loss(log_p, x_t, x0, mdlm_weight(schedule, tk))
+        offset = sig * score_entropy_offset(sb) * (x_t == n - 1).sum(-1)
+        out["sedd"][k] = (pair_w * sedd).sum()
+        out["mdlm"][k] = (pair_w * ce).sum()
+        out["sedd_without_K"][k] = (pair_w * (sedd + offset)).sum()
+        out["weight"][k] = mdlm_weight(schedule, tk)
+    if scalar:
+        out = {k: v[0] for k, v in out.items()}
+    out["t"] = t
+    return out
+
+
+def plot_loss_integrands(schedule, denoiser_fn, p0, t, ax=None):
+    """Lesson 8's figure: SEDD's, MDLM's and the K-free integrand against t, on a symlog axis.
+
+    Draws the three curves of :func:`expected_integrands` on ``ax`` (a new course figure when
+    None) and returns ``(fig, curves)``; the K-free loss is negative at small t, hence symlog.
+    """
+    from .plotting import figure
+    curves = expected_integrands(schedule, denoiser_fn, p0, t)
+    if ax is None:
+        fig, ax = figure()
+    else:
+        fig = ax.figure
+    tt = curves["t"].reshape(-1).numpy()
+    for key, label, style in (("sedd", "SEDD (score entropy)", "-"),
+                              ("mdlm", "MDLM (weighted CE)", "o"),
+                              ("sedd_without_K", "SEDD without K(r)", "--")):
+        ax.plot(tt, curves[key].reshape(-1).numpy(), style, label=label, ms=4)
+    ax.set_yscale("symlog", linthresh=1.0)
+    ax.set_xlabel("time $t$")
+    ax.set_ylabel(r"loss integrand $\mathbb{E}$ [nats per unit $t$]")
+    ax.legend()
+    return fig, curves
+
+
+__all__ += ["smoothed_denoiser_fn", "expected_integrands", "plot_loss_integrands"]

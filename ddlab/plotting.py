@@ -77,3 +77,44 @@ def save_figure(fig, name: str) -> Path:
 
 
 __all__ = ["PALETTE", "FIGSIZE", "CMAP", "use_style", "figure", "figures_dir", "save_figure"]
+
+
+def reverse_paths_figure(times, paths, exact_at, state_labels=None, num_shown: int = 5,
+                         paths_title: str = "reverse paths", hist_title: str | None = None):
+    """Lesson 2's exact reverse paths: a few paths, and the histograms of all of them.
+
+    ``times`` is the ascending time grid (T,) and ``paths`` the states, shape (N, T), with
+    ``paths[:, k]`` the states at ``times[k]`` (as ``ddlab.paths.reverse_paths`` returns them).
+    ``exact_at`` maps a time t on the grid to the exact marginal p_t (n,), drawn as black ticks
+    over the path frequencies at t. The left panel draws the first ``num_shown`` paths from right
+    to left (reverse time), offset vertically to separate them. Returns ``(fig, (ax_paths, ax_hist))``.
+    """
+    import numpy as np
+    import torch
+
+    times = torch.as_tensor(times, dtype=torch.float64)
+    paths = np.asarray(torch.as_tensor(paths))
+    check_times = list(exact_at)
+    n = len(np.asarray(torch.as_tensor(exact_at[check_times[0]])))
+    labels = [str(x) for x in range(n)] if state_labels is None else list(state_labels)
+    fig, (ax1, ax2) = figure(1, 2)
+    for k in range(min(num_shown, len(paths))):
+        ax1.step(times.numpy(), paths[k] + 0.06 * (k - (num_shown - 1) / 2), where="post", lw=1.5)
+    ax1.set(xlabel="time $t$ (paths are drawn from right to left)",
+            ylabel="state (offset to separate paths)", yticks=range(n), yticklabels=labels,
+            xlim=(float(times[-1]) + 0.02, float(times[0]) - 0.02), title=paths_title)
+    width = 0.8 / len(check_times)
+    for j, t in enumerate(check_times):
+        c = int(torch.argmin((times - float(t)).abs()))
+        freq = np.bincount(paths[:, c], minlength=n) / len(paths)
+        xs = np.arange(n) + (j - (len(check_times) - 1) / 2) * width
+        ax2.bar(xs, freq, width, color=PALETTE[j % len(PALETTE)], alpha=0.7, label=f"t = {t:g}")
+        ax2.plot(xs, np.asarray(torch.as_tensor(exact_at[t])), "k_", ms=8, mew=2)
+    ax2.plot([], [], "k_", ms=8, mew=2, label=r"exact $p_t$")
+    ax2.set(xticks=range(n), xticklabels=labels, xlabel="state", ylabel="frequency",
+            title=hist_title or f"{len(paths)} reverse paths have the forward marginals")
+    ax2.legend(loc="upper center")
+    return fig, (ax1, ax2)
+
+
+__all__ += ["reverse_paths_figure"]

@@ -307,7 +307,222 @@ WIDGETS = {
                                                 "log10_s_over_r": (-2.0, 2.0)}),
 }
 
+# ------------------------------------------------------------------ lessons 6 to 8
+
+
+def likelihood_toy():
+    """``(rm, schedule, p0, x0)`` of lesson 6: d = 2 tokens over 3 letters, absorbing noise.
+
+    The correlated p0 of lesson 6 (``rand ** 3 + 0.02`` from seed 0, normalised, MASK = 3 added
+    with no mass), ``Absorbing(4)``, ``LogLinear(1e-3)``, and the 9 clean sequences.
+    """
+    from .sequences import add_mask_state, all_sequences
+    g = torch.Generator().manual_seed(0)
+    pj = torch.rand((3, 3), generator=g, dtype=torch.float64) ** 3 + 0.02
+    return Absorbing(4), LogLinear(1e-3), add_mask_state(pj / pj.sum()), all_sequences(3, 2)
+
+
+def bound_view(log10_t_min: float = -3.0, num_t: int = 64, ax=None) -> dict:
+    """Lesson 6's slider: ``nll_bound`` with the exact score at t_min and num_t, per sequence.
+
+    For the 9 sequences of :func:`likelihood_toy`: the Monte Carlo bound (``shared_t=True``,
+    generator seeded 0, so a redraw is reproducible) with +-2 standard errors, the exact
+    ``-log p0(x0)`` and the exact limit ``bound_limit`` at that t_min (what the bound converges to
+    as num_t grows; below -log p0 on average by about t_min * sum_i H(x_i | x_other)).
+    Returns ``dict(t_min, num_t, bound, stderr, exact, limit, avg_bound, avg_stderr, entropy,
+    fig)`` (averages weighted by p0).
+    """
+    from .likelihood import bound_limit, exact_nll, nll_bound
+    from .sequences import exact_score_fn
+    t_min = 10.0 ** float(log10_t_min)
+    if not (np.isfinite(t_min) and 0 < t_min < 1):
+        raise ValueError(f"log10_t_min must give 0 < t_min < 1, got {log10_t_min!r}")
+    if isinstance(num_t, bool) or int(num_t) != num_t or num_t < 2:
+        raise ValueError(f"num_t must be an integer >= 2, got {num_t!r}")
+    num_t = int(num_t)
+    rm, sched, p0, x0 = likelihood_toy()
+    g = torch.Generator().manual_seed(0)
+    bound, se = nll_bound(exact_score_fn(p0, rm), x0, rm, sched, num_t=num_t, generator=g,
+                          t_min=t_min, return_stderr=True, shared_t=True)
+    exact = exact_nll(p0, x0)
+    limit = bound_limit(rm, sched, p0, x0, t_min=t_min)
+    w = p0[tuple(x0.T)]
+    avg, entropy = float((w * bound).sum()), float((w * exact).sum())
+    avg_se = float(((w * se) ** 2).sum().sqrt())       # shared_t correlates them: indicative
+
+    if ax is None:
+        fig, ax = figure()
+    else:
+        fig = None
+    order = torch.argsort(exact)
+    pos = np.arange(len(x0))
+    ax.plot(pos, exact[order].numpy(), "o", color=PALETTE[0], label=r"$-\log p_0(x_0)$")
+    ax.plot(pos, limit[order].numpy(), "_", ms=16, mew=2, color=PALETTE[3],
+            label="limit as num_t grows (bound_limit)")
+    ax.errorbar(pos, bound[order].numpy(), yerr=2 * se[order].numpy(), fmt="s", mfc="none",
+                capsize=3, color=PALETTE[2], label=r"nll_bound $\pm$ 2 stderr")
+    ax.set_xticks(pos, ["".join("abc"[v] for v in x0[b].tolist()) for b in order])
+    ax.set(xlabel="sequence $x_0$, most to least likely", ylabel="nats", ylim=(-2, 12))
+    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title(f"t_min = {t_min:.0e}, num_t = {num_t}: average bound {avg:.2f} ± {avg_se:.2f}, "
+                 f"H(p0) = {entropy:.2f} nats")
+    return {"t_min": t_min, "num_t": num_t, "bound": bound, "stderr": se, "exact": exact,
+            "limit": limit, "avg_bound": avg, "avg_stderr": avg_se, "entropy": entropy,
+            "fig": fig}
+
+
+CLAMP_PATTERNS = ("?a?", "??b", "b??", "?ab", "???")
+CLAMP_NOISES = ("absorbing", "uniform", "uniform, conditional score")
+_CLAMP_CACHE: dict = {}
+
+
+def clamp_toy(noise: str, pattern: str):
+    """``(rm, schedule, score_fn, target, clamp, alphabet)`` of lesson 7's infilling slider.
+
+    The five words of lesson 7 ("cab", "bad", "dab", "abc", "bca"); ``pattern`` holds the
+    positions with a letter and leaves those with "?" free. "absorbing": Absorbing(5),
+    LogLinear(1e-3) and the unconditional exact score; "uniform": Uniform(4), Geometric(1e-3, 5)
+    and the unconditional score; "uniform, conditional score": the exact score of the conditional
+    itself. ``target`` is the exact conditional ``sequences.condition(p0, clamp)``.
+    """
+    from .sequences import condition, exact_score_fn, words_toy
+    if noise not in CLAMP_NOISES:
+        raise ValueError(f"noise must be one of {CLAMP_NOISES}, got {noise!r}")
+    if pattern not in CLAMP_PATTERNS:
+        raise ValueError(f"pattern must be one of {CLAMP_PATTERNS}, got {pattern!r}")
+    key = (noise, pattern)
+    if key not in _CLAMP_CACHE:
+        words = ["cab", "bad", "dab", "abc", "bca"]
+        absorbing = noise == "absorbing"
+        p0, abc = words_toy(words, mask=absorbing)
+        held = torch.tensor([c != "?" for c in pattern])
+        values = torch.tensor([abc.index(c) if c != "?" else 0 for c in pattern])
+        clamp = (held, values)
+        target = condition(p0, clamp)
+        if absorbing:
+            rm, sched = Absorbing(5), LogLinear(1e-3)
+            score_fn = exact_score_fn(p0, rm, sched, off_support="conditional")
+        else:
+            rm, sched = Uniform(4), Geometric(1e-3, 5.0)
+            score_fn = exact_score_fn(target if noise.endswith("conditional score") else p0, rm)
+        _CLAMP_CACHE[key] = (rm, sched, score_fn, target, clamp, abc)
+    return _CLAMP_CACHE[key]
+
+
+def clamp_view(pattern: str = "?a?", steps: int = 16, noise: str = "uniform", ax=None) -> dict:
+    """Lesson 7's slider: the exact conditional against the exact law of the clamped sampler.
+
+    ``exact_sampler_distribution(..., "tweedie", clamp=...)`` with ``steps`` steps, for the
+    held pattern and noise of :func:`clamp_toy`; bars over the sequences either law gives at
+    least 1 %, KL(exact conditional || clamped sampler) in the title. Returns ``dict(pattern,
+    steps, noise, target, law, kl, fig)`` (``target`` and ``law`` of shape (n,)*3).
+    """
+    from .exact import kl_divergence
+    from .sampling import exact_sampler_distribution
+    from .sequences import all_sequences, to_strings
+    if isinstance(steps, bool) or int(steps) != steps or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    steps = int(steps)
+    rm, sched, score_fn, target, clamp, abc = clamp_toy(noise, pattern)
+    law = exact_sampler_distribution(rm, sched, score_fn, 3, steps, "tweedie", clamp=clamp)
+    kl = float(kl_divergence(target, law))
+
+    if ax is None:
+        fig, ax = figure()
+    else:
+        fig = None
+    flat_t, flat_l = target.reshape(-1), law.reshape(-1)
+    show = ((flat_t > 0.01) | (flat_l > 0.01)).nonzero()[:, 0]
+    show = show[torch.argsort(-(flat_t + flat_l)[show])][:10]
+    names = to_strings(all_sequences(rm.n, 3)[show], abc)
+    pos = np.arange(len(show))
+    w = 0.4
+    ax.bar(pos - w / 2, flat_t[show].numpy(), w, color=PALETTE[0], label="exact conditional")
+    ax.bar(pos + w / 2, flat_l[show].numpy(), w, color=PALETTE[1],
+           label=f"clamped Tweedie sampler, {steps} steps")
+    ax.set_xticks(pos, names)
+    ax.set(xlabel=f"sequence (held: {pattern})", ylabel="probability", ylim=(0, 1.15))
+    ax.legend(loc="upper right", fontsize=8)
+    ax.set_title(f"{noise}: KL(exact conditional || clamped sampler) = {kl:.2e} nats")
+    return {"pattern": pattern, "steps": steps, "noise": noise, "target": target, "law": law,
+            "kl": kl, "fig": fig}
+
+
+_MASKED_CACHE: dict = {}
+MASKED_GRID = tuple(float(v) for v in np.linspace(0.02, 1.0, 50))
+
+
+def masked_toy():
+    """``(schedule, model, p0)`` of lesson 8: the weighted words, LogLinear(1e-4), and the exact
+    denoiser smoothed towards uniform (``mdlm.smoothed_denoiser_fn``, mix 0.3)."""
+    if not _MASKED_CACHE:
+        from .mdlm import denoiser_fn_from_score_fn, smoothed_denoiser_fn
+        from .sequences import exact_score_fn, words_toy
+        p0, _ = words_toy(["cab", "bad", "dab", "abc", "bca"], weights=[4, 3, 2, 2, 1], mask=True)
+        sched = LogLinear(1e-4)
+        score_fn = exact_score_fn(p0, Absorbing(5), sched, off_support="conditional")
+        _MASKED_CACHE["toy"] = (sched, smoothed_denoiser_fn(denoiser_fn_from_score_fn(score_fn, 5), 5), p0)
+    return _MASKED_CACHE["toy"]
+
+
+def mdlm_weight_view(t: float = 0.5, ax_weight=None, ax_loss=None) -> dict:
+    """Lesson 8's slider: MDLM's weight w(t) above SEDD's (= MDLM's) expected loss integrand.
+
+    Top: ``mdlm.mdlm_weight`` over t (1/t for LogLinear). Bottom: the three curves of
+    ``mdlm.expected_integrands`` (exact averages over the data of lesson 8's smoothed model):
+    SEDD's score-entropy integrand, MDLM's weighted cross-entropy (the same numbers) and the
+    K-free SEDD loss. The chosen t is marked on both. Returns ``dict(t, weight, sedd, mdlm,
+    sedd_without_K, grid, fig)``.
+    """
+    from .mdlm import expected_integrands
+    t = float(check_time(t))
+    if t <= 0:
+        raise ValueError("t must be > 0: the MDLM weight is infinite at t = 0")
+    sched, model, p0 = masked_toy()
+    if "grid" not in _MASKED_CACHE:
+        _MASKED_CACHE["grid"] = expected_integrands(
+            sched, model, p0, torch.tensor(MASKED_GRID, dtype=torch.float64))
+    grid = _MASKED_CACHE["grid"]
+    here = expected_integrands(sched, model, p0, t)
+
+    if (ax_weight is None) != (ax_loss is None):
+        raise ValueError("give both axes or neither (a new figure is made when neither is given)")
+    if ax_weight is None:
+        fig, (ax_weight, ax_loss) = figure(2, 1, height=5.5)
+    else:
+        fig = None
+    tt = grid["t"].numpy()
+    ax_weight.plot(tt, grid["weight"].numpy(), color=PALETTE[0], label=r"$w(t) = \sigma(t)\,r$")
+    ax_weight.plot([t], [float(here["weight"])], "o", color="0.2")
+    ax_weight.set(yscale="log", ylabel="MDLM weight $w(t)$")
+    ax_weight.legend(loc="upper right")
+    ax_weight.set_title(f"t = {t:.2f}: w = {float(here['weight']):.3g}; SEDD integrand "
+                        f"{float(here['sedd']):.3f} = MDLM {float(here['mdlm']):.3f} nats")
+    for key, label, style, c in (("sedd", "SEDD (score entropy)", "-", PALETTE[0]),
+                                 ("mdlm", "MDLM (weighted CE)", "o", PALETTE[1]),
+                                 ("sedd_without_K", "SEDD without K(r)", "--", PALETTE[2])):
+        ax_loss.plot(tt, grid[key].numpy(), style, color=c, ms=3, label=label)
+        ax_loss.plot([t], [float(here[key])], "D", color=c, ms=7, mec="0.2")
+    ax_loss.axvline(t, color="0.5", lw=0.8)
+    ax_loss.set_yscale("symlog", linthresh=1.0)
+    ax_loss.set(xlabel="time $t$", ylabel=r"$\mathbb{E}$ integrand [nats / unit $t$]")
+    ax_loss.legend(loc="lower right", fontsize=8)
+    return {"t": t, "weight": here["weight"], "sedd": here["sedd"], "mdlm": here["mdlm"],
+            "sedd_without_K": here["sedd_without_K"], "grid": grid["t"], "fig": fig}
+
+
+WIDGETS.update({
+    "bound_view": (bound_view, {"log10_t_min": (-5.0, -1.0), "num_t": (4, 256)}),
+    "clamp_view": (clamp_view, {"pattern": list(CLAMP_PATTERNS), "steps": (1, 128),
+                                "noise": list(CLAMP_NOISES)}),
+    "mdlm_weight_view": (mdlm_weight_view, {"t": (0.02, 1.0)}),
+})
+
+
 __all__ = ["KINDS", "SCHEDULES", "P0", "CUSTOM_Q", "toy_chain", "toy_schedule", "marginal_view",
            "reverse_view", "learned_ratios_view", "sampler_toy", "sampler_view",
            "score_entropy_view",
            "WIDGETS"]
+
+__all__ += ["likelihood_toy", "bound_view", "CLAMP_PATTERNS", "CLAMP_NOISES", "clamp_toy",
+            "clamp_view", "masked_toy", "mdlm_weight_view"]

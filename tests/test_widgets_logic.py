@@ -43,7 +43,8 @@ def dropdown_combos(name):
 
 def test_registry_lists_callables_and_ranges():
     assert set(widgets.WIDGETS) == {"marginal_view", "reverse_view", "learned_ratios_view",
-                                    "sampler_view", "score_entropy_view"}
+                                    "sampler_view", "score_entropy_view", "bound_view",
+                                    "clamp_view", "mdlm_weight_view"}
     for name, (fn, ranges) in widgets.WIDGETS.items():
         assert callable(fn)
         for key, r in ranges.items():
@@ -252,3 +253,94 @@ def test_score_entropy_view_zero_at_the_truth_and_refuses_nan():
     assert out["se"] == pytest.approx(0, abs=1e-15) and out["csm"] == 0 and out["grad_se"] == 0
     with pytest.raises(ValueError, match="finite"):
         widgets.score_entropy_view(float("nan"), 0.0)
+
+
+
+# ------------------------------------------------------------------ lessons 6 to 8
+
+
+def test_bound_view_is_nll_bound_and_the_exact_nll():
+    import torch
+    from ddlab.likelihood import nll_bound
+    from ddlab.sequences import exact_score_fn
+    rm, sched, p0, x0 = widgets.likelihood_toy()
+    # p0 by hand: lesson 6's rand ** 3 + 0.02 from seed 0, MASK column and row empty
+    g = torch.Generator().manual_seed(0)
+    pj = (torch.rand((3, 3), generator=g, dtype=torch.float64) ** 3 + 0.02).numpy()
+    pj = pj / pj.sum()
+    for log10_t_min, num_t in [(-5.0, 4), (-3.0, 64), (-1.0, 200)]:
+        out = widgets.bound_view(log10_t_min, num_t)
+        plt.close("all")
+        want = -np.log(pj[x0[:, 0].numpy(), x0[:, 1].numpy()])
+        np.testing.assert_allclose(out["exact"].numpy(), want, rtol=1e-12)
+        bound, se = nll_bound(exact_score_fn(p0, rm), x0, rm, sched, num_t=num_t,
+                              generator=torch.Generator().manual_seed(0), t_min=10 ** log10_t_min,
+                              return_stderr=True, shared_t=True)
+        np.testing.assert_allclose(out["bound"].numpy(), bound.numpy(), rtol=1e-12)
+        np.testing.assert_allclose(out["stderr"].numpy(), se.numpy(), rtol=1e-12)
+        # the limit by enumeration: KL(prod_i P[:, x0_i] || p_t) with P = expm(sb Q), numpy only
+        sb = -np.log(1 - (1 - 1e-3) * 10 ** log10_t_min)
+        Q = np.array([[-1.0, 0, 0, 0], [0, -1, 0, 0], [0, 0, -1, 0], [1, 1, 1, 0]])
+        P = expm(sb * Q)
+        p0n = np.zeros((4, 4))
+        p0n[:3, :3] = pj
+        p_t = P @ p0n @ P.T
+        for b, (a, c) in enumerate(x0.tolist()):
+            q = np.outer(P[:, a], P[:, c])
+            kl = (q[q > 0] * np.log(q[q > 0] / p_t[q > 0])).sum()
+            assert out["limit"][b].item() == pytest.approx(kl, rel=1e-9, abs=1e-12)
+        assert out["entropy"] == pytest.approx(-(pj * np.log(pj)).sum(), rel=1e-12)
+
+
+@pytest.mark.parametrize("noise", widgets.CLAMP_NOISES)
+def test_clamp_view_is_the_exact_conditional_and_the_clamped_law(noise):
+    import torch
+    from ddlab.sampling import exact_sampler_distribution
+    words = ["cab", "bad", "dab", "abc", "bca"]
+    for pattern in widgets.CLAMP_PATTERNS:
+        for steps in (1, 7, 64):
+            out = widgets.clamp_view(pattern, steps, noise)
+            plt.close("all")
+            n = 5 if noise == "absorbing" else 4
+            # the exact conditional by hand: uniform over the words that match the pattern
+            match = [w for w in words if all(p == "?" or p == ch for p, ch in zip(pattern, w))]
+            want = np.zeros((n,) * 3)
+            for w in match:
+                want[tuple("abcd".index(ch) for ch in w)] = 1 / len(match)
+            np.testing.assert_allclose(out["target"].numpy(), want, atol=1e-15)
+            rm, sched, score_fn, target, clamp, _ = widgets.clamp_toy(noise, pattern)
+            law = exact_sampler_distribution(rm, sched, score_fn, 3, steps, "tweedie", clamp=clamp)
+            np.testing.assert_allclose(out["law"].numpy(), law.numpy(), atol=1e-14)
+            lw = out["law"].numpy()
+            keep = want > 0
+            assert out["kl"] == pytest.approx((want[keep] * np.log(want[keep] / lw[keep])).sum(),
+                                              rel=1e-9, abs=1e-12)
+            held = [i for i, p in enumerate(pattern) if p != "?"]
+            for i in held:                      # the clamped law never leaves the held letters
+                other = np.moveaxis(lw, i, 0)
+                assert other.sum(axis=(1, 2))["abcd".index(pattern[i])] == pytest.approx(1, abs=1e-12)
+
+
+def test_mdlm_weight_view_against_one_over_t_and_the_cross_entropy_by_hand():
+    import torch
+    sched, model, p0 = widgets.masked_toy()
+    words, wts = ["cab", "bad", "dab", "abc", "bca"], np.array([4, 3, 2, 2, 1]) / 12
+    for t in (0.02, 0.3, 0.77, 1.0):
+        out = widgets.mdlm_weight_view(t)
+        plt.close("all")
+        assert out["weight"].item() == pytest.approx(1 / t, rel=1e-12)
+        # E w(t) sum_masked -log p(x0_i | x_t) by enumeration of the 2^3 mask patterns
+        alpha = 1 - (1 - 1e-4) * t
+        total = 0.0
+        for w, pw in zip(words, wts):
+            x0 = ["abcd".index(ch) for ch in w]
+            for pattern in range(8):
+                masked = [(pattern >> i) & 1 for i in range(3)]
+                prob = np.prod([1 - alpha if m else alpha for m in masked])
+                x_t = torch.tensor([[4 if m else v for m, v in zip(masked, x0)]])
+                sb = torch.tensor([-np.log(alpha)], dtype=torch.float64)
+                p = model(x_t, sb)[0].numpy()
+                ce = sum(-np.log(p[i, x0[i]]) for i in range(3) if masked[i])
+                total += pw * prob * ce / t
+        assert out["mdlm"].item() == pytest.approx(total, rel=1e-10)
+        assert out["sedd"].item() == pytest.approx(total, rel=1e-10)
