@@ -273,6 +273,48 @@ def check_p0(p0, n: int, name: str = "p0") -> torch.Tensor:
         raise ValueError(f"{name} must be a vector of shape ({n},), got shape {tuple(p0.shape)}")
     return p0
 
+def check_clamp(clamp, batch: int, d: int, n: int, device=None):
+    """``clamp = (positions, values)`` as (mask (batch, d) bool, values (batch, d) long), or None.
+
+    The one parser of the ``clamp=`` argument (prompting and infilling: lessons 7, 8, 9): both
+    parts of shape (d,) or (batch, d), the mask a bool tensor, the values token ids in 0..n-1.
+    """
+    if clamp is None:
+        return None
+    if not (isinstance(clamp, (tuple, list)) and len(clamp) == 2):
+        raise ValueError("clamp must be a pair (positions_mask, values) of shapes (d,) or (B, d)")
+    mask, values = clamp
+    mask = torch.as_tensor(mask, device=device)
+    if mask.dtype != torch.bool:
+        raise ValueError(f"clamp positions_mask must be a bool tensor, got dtype {mask.dtype}")
+    values = as_tokens(torch.as_tensor(values), n, "clamp values").to(mask.device)
+    out = []
+    for name, t in (("positions_mask", mask), ("values", values)):
+        if tuple(t.shape) not in ((d,), (batch, d)):
+            raise ValueError(f"clamp {name} has shape {tuple(t.shape)}, expected ({d},) or "
+                             f"({batch}, {d})")
+        out.append(torch.broadcast_to(t, (batch, d)))
+    return out[0], out[1]
+
+
+def per_sequence_sigma_bar(sigma_bar, batch: int, positive: bool = False) -> torch.Tensor:
+    """sigma_bar as a (batch, 1) column that broadcasts against (batch, d) tokens.
+
+    Accepts a scalar, shape (batch,) or (1,), or (batch, 1): the one noise level per sequence of
+    every batched sequence function (the MDLM conversions, lessons 8-9). ``positive`` refuses 0.
+    """
+    sb = check_sigma_bar(sigma_bar)
+    if sb.dim() == 2 and sb.shape[1] == 1:
+        sb = sb[:, 0]
+    if sb.dim() > 1 or (sb.dim() == 1 and sb.shape[0] not in (1, batch)):
+        raise ValueError(f"sigma_bar must be a scalar or of shape ({batch},), got shape "
+                         f"{tuple(sb.shape)}")
+    if positive and value_checks_enabled() and (sb == 0).any():
+        raise ValueError("sigma_bar must be > 0: at sigma_bar = 0 no token is masked and the "
+                         "ratio r = 1 / (e^sigma_bar - 1) is infinite")
+    return torch.broadcast_to(sb.reshape(-1, 1) if sb.dim() else sb, (batch, 1))
+
+
 def _first_bad(t: torch.Tensor, mask: torch.Tensor) -> str:
     idx = mask.nonzero()[0].tolist() if mask.dim() else []
     val = t[tuple(idx)].item() if idx else t.item()

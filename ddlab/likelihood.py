@@ -5,8 +5,12 @@ For a score function ``s_theta`` define the model as the reverse CTMC with rates
 of the forward process *given x0* with the model's path (the KL divergence of two CTMC path
 measures) gives, for every sequence x0,
 
-    -log p_theta(x0) <= int_eps^1 sigma(t) E_{x_t ~ p(.|x0)} sum_i DSE_i(x_t, x0, t) dt
-                        + KL(p_{1|0}(. | x0) || p_base)                               (1)
+    KL(p_{t_min|0}(. | x0) || p^theta_{t_min})
+        <= int_{t_min}^1 sigma(t) E_{x_t ~ p(.|x0)} sum_i DSE_i(x_t, x0, t) dt
+           + KL(p_{1|0}(. | x0) || p_base)                                            (1)
+
+which bounds ``-log p_theta(x0)`` itself as ``t_min -> 0``, or at any t_min once the
+reconstruction term below is added.
 
 where ``DSE_i = sum_{y != x_i} Q[x_i, y] (s_y - r_y log s_y + K(r_y))`` is the denoising score
 entropy (``rm.score_entropy``) with the conditional ratios ``r_y = p(y | x0) / p(x_i | x0)``:

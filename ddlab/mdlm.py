@@ -36,25 +36,11 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import (as_float, as_int, as_real, as_tokens, check_schedule, check_shape,
-                      check_sigma_bar, check_time)
+from ._checks import (as_float, as_int, as_real, as_tokens, check_clamp, check_schedule,
+                      check_shape, check_sigma_bar, check_time, per_sequence_sigma_bar)
 from ._numerics import log_expm1
 from .losses import LOG_FLOOR, dwdse, stratified_stderr, stratified_times
 from .rate_matrices import Absorbing, sample_categorical
-
-
-def _sigma_bar_of(sigma_bar, like: torch.Tensor) -> torch.Tensor:
-    """sigma_bar as (B, 1) broadcastable against (B, d), checked > 0."""
-    sb = check_sigma_bar(sigma_bar)
-    if sb.dim() == 2 and sb.shape[1] == 1:
-        sb = sb[:, 0]
-    if sb.dim() > 1 or (sb.dim() == 1 and sb.shape[0] not in (1, like.shape[0])):
-        raise ValueError(f"sigma_bar must be a scalar or of shape ({like.shape[0]},), got shape "
-                         f"{tuple(sb.shape)}")
-    if (sb == 0).any():
-        raise ValueError("sigma_bar must be > 0: at sigma_bar = 0 no token is masked and the "
-                         "ratio r = 1 / (e^sigma_bar - 1) is infinite")
-    return torch.broadcast_to(sb.reshape(-1, 1) if sb.dim() else sb, (like.shape[0], 1))
 
 
 def _check_batch(x, n: int, name: str) -> torch.Tensor:
@@ -135,7 +121,7 @@ def log_score_from_denoiser(log_probs, x_t, sigma_bar) -> torch.Tensor:
     n = log_probs.shape[-1]
     x_t = _check_batch(x_t, n, "x_t")
     check_shape(log_probs, tuple(x_t.shape) + (n,), "log_probs")
-    sb = _sigma_bar_of(sigma_bar, x_t).to(log_probs.dtype)
+    sb = per_sequence_sigma_bar(sigma_bar, x_t.shape[0], positive=True).to(log_probs.dtype)
     ls = log_probs - log_expm1(sb)[..., None]
     ls = ls.clone()
     ls[..., n - 1] = 0.0
@@ -149,7 +135,7 @@ def score_from_denoiser(probs, x_t, sigma_bar) -> torch.Tensor:
     n = probs.shape[-1]
     x_t = _check_batch(x_t, n, "x_t")
     probs = _check_probs(probs, x_t, n)
-    sb = _sigma_bar_of(sigma_bar, x_t).to(probs.dtype)
+    sb = per_sequence_sigma_bar(sigma_bar, x_t.shape[0], positive=True).to(probs.dtype)
     s = probs / torch.expm1(sb)[..., None]
     s = s.clone()
     s[..., n - 1] = 1.0
@@ -167,7 +153,7 @@ def denoiser_from_score(score, x_t, sigma_bar) -> torch.Tensor:
     n = score.shape[-1]
     x_t = _check_batch(x_t, n, "x_t")
     check_shape(score, tuple(x_t.shape) + (n,), "score")
-    sb = _sigma_bar_of(sigma_bar, x_t).to(score.dtype)
+    sb = per_sequence_sigma_bar(sigma_bar, x_t.shape[0], positive=True).to(score.dtype)
     p = score * torch.expm1(sb)[..., None]
     p = p.clone()
     p[..., n - 1] = 0.0
@@ -219,7 +205,7 @@ def mdlm_step_probs(probs, x_t, sigma_bar_t, sigma_bar_s) -> torch.Tensor:
     n = probs.shape[-1]
     x_t = _check_batch(x_t, n, "x_t")
     probs = _check_probs(probs, x_t, n)
-    sbt = _sigma_bar_of(sigma_bar_t, x_t).to(probs.dtype)
+    sbt = per_sequence_sigma_bar(sigma_bar_t, x_t.shape[0], positive=True).to(probs.dtype)
     sbs = check_sigma_bar(sigma_bar_s, "sigma_bar_s").to(probs.dtype)
     sbs = torch.broadcast_to(sbs.reshape(-1, 1) if sbs.dim() else sbs, sbt.shape)
     if (sbs > sbt * (1 + 1e-12)).any():
@@ -248,7 +234,9 @@ def mdlm_sample(schedule, denoiser_fn, batch: int, d: int, n: int, steps: int, *
     t_min = as_real(t_min, "t_min", 0.0, 1.0)
     check_schedule(schedule)
     x = torch.full((batch, d), n - 1, dtype=torch.long)
-    pos, val = _clamp_tensors(clamp, batch, d, n)
+    clamp = check_clamp(clamp, batch, d, n - 1)            # clean tokens only
+    pos, val = ((torch.zeros(batch, d, dtype=torch.bool), torch.zeros(batch, d, dtype=torch.long))
+                if clamp is None else clamp)
     ts = torch.linspace(1.0, t_min, steps + 1, dtype=torch.float64)
     sbs = [schedule.sigma_bar(t).to(torch.float64) for t in ts] + [torch.tensor(0.0, dtype=torch.float64)]
     for k in range(len(sbs) - 1):
@@ -258,23 +246,6 @@ def mdlm_sample(schedule, denoiser_fn, batch: int, d: int, n: int, steps: int, *
         step = mdlm_step_probs(probs, x, sb_t, sbs[k + 1])
         x = sample_categorical(step, generator)
     return torch.where(pos, val, x)
-
-
-def _clamp_tensors(clamp, batch: int, d: int, n: int):
-    if clamp is None:
-        return torch.zeros(batch, d, dtype=torch.bool), torch.zeros(batch, d, dtype=torch.long)
-    if not (isinstance(clamp, (tuple, list)) and len(clamp) == 2):
-        raise ValueError("clamp must be a pair (positions, values) of shape (d,) or (B, d)")
-    pos = torch.as_tensor(clamp[0])
-    if pos.dtype != torch.bool:
-        raise ValueError(f"clamp positions must be a bool tensor, got dtype {pos.dtype}")
-    val = as_tokens(clamp[1], n - 1, "clamp values")      # clean tokens only
-    try:
-        return (torch.broadcast_to(pos, (batch, d)).clone(),
-                torch.broadcast_to(val, (batch, d)).clone())
-    except RuntimeError:
-        raise ValueError(f"clamp tensors of shapes {tuple(pos.shape)}, {tuple(val.shape)} do not "
-                         f"broadcast to (batch, d) = ({batch}, {d})") from None
 
 
 def mdlm_nll_bound(schedule, denoiser_fn, x0, n: int, num_t: int = 64, *, t_min: float = 1e-5,

@@ -45,7 +45,8 @@ import math
 
 import torch
 
-from ._checks import as_int, as_rate_matrix, as_real, as_tokens, check_schedule, check_time
+from ._checks import (as_int, as_rate_matrix, as_real, as_tokens, check_clamp, check_schedule,
+                      check_time)
 from .exact import kl_divergence
 from .rate_matrices import Absorbing, sample_categorical
 from .sequences import all_sequences, flat_strides
@@ -108,26 +109,6 @@ def time_grid(schedule, steps: int, t_min: float = 1e-5):
     t = torch.linspace(1.0, t_min, steps + 1, dtype=torch.float64)
     check_time(t)
     return t, schedule.sigma_bar(t).to(torch.float64)
-
-
-def _prepare_clamp(clamp, batch, d, n, device):
-    """Turn ``clamp = (positions, values)`` into (mask (B, d) bool, values (B, d) long) or None."""
-    if clamp is None:
-        return None
-    if not (isinstance(clamp, (tuple, list)) and len(clamp) == 2):
-        raise ValueError("clamp must be a pair (positions_mask, values) of shapes (d,) or (B, d)")
-    mask, values = clamp
-    mask = torch.as_tensor(mask, device=device)
-    if mask.dtype != torch.bool:
-        raise ValueError(f"clamp positions_mask must be a bool tensor, got dtype {mask.dtype}")
-    values = as_tokens(torch.as_tensor(values), n, "clamp values").to(device)
-    out = []
-    for name, t in (("positions_mask", mask), ("values", values)):
-        if tuple(t.shape) not in ((d,), (batch, d)):
-            raise ValueError(f"clamp {name} has shape {tuple(t.shape)}, expected ({d},) or "
-                             f"({batch}, {d})")
-        out.append(torch.broadcast_to(t, (batch, d)))
-    return out[0], out[1]
 
 
 def _apply_clamp(x, clamp):
@@ -216,7 +197,7 @@ def sample(rm, schedule, score_fn, batch, d, steps, method="tweedie", *, x_T=Non
         device = x_T.device if isinstance(x_T, torch.Tensor) else (
             generator.device if generator is not None else torch.device("cpu"))
     device = torch.device(device)
-    clamp = _prepare_clamp(clamp, batch, d, rm.n, device)
+    clamp = check_clamp(clamp, batch, d, rm.n, device)
     if x_T is None:
         base = rm.stationary().to(torch.float64).to(device)
         x = sample_categorical(base.expand(batch, d, rm.n), generator)
@@ -299,7 +280,7 @@ def exact_sampler_distribution(rm, schedule, score_fn, d, steps, method, *, clam
                          f"(at most {MAX_STATES}); use sample() and Monte Carlo instead")
     states = all_sequences(n, d)
     if clamp is not None:
-        c = _prepare_clamp(clamp, 1, d, n, torch.device("cpu"))
+        c = check_clamp(clamp, 1, d, n, torch.device("cpu"))
         frozen, cvalues = c[0][0], c[1][0]
         if not (tuple(torch.as_tensor(clamp[0]).shape) == (d,)):
             raise ValueError(f"exact_sampler_distribution takes a clamp of shape ({d},)")

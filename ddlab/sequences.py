@@ -27,7 +27,7 @@ import os
 
 import torch
 
-from ._checks import as_batch, as_float, as_rate_matrix, as_tokens, check_sigma_bar
+from ._checks import as_batch, as_float, as_rate_matrix, as_tokens, check_clamp, check_sigma_bar
 from .exact import kl_divergence
 from .rate_matrices import Absorbing
 
@@ -474,21 +474,6 @@ def _normalise_batch(joint: torch.Tensor, x_t: torch.Tensor, what: str) -> torch
 # ------------------------------------------------------------------ conditioning (infilling)
 
 
-def _check_clamp(clamp, n: int, d: int):
-    if not (isinstance(clamp, (tuple, list)) and len(clamp) == 2):
-        raise ValueError("clamp must be a pair (positions, values): a bool mask of shape (d,) "
-                         "and the tokens of shape (d,)")
-    positions, values = clamp
-    positions = torch.as_tensor(positions)
-    if positions.dtype != torch.bool or positions.shape != (d,):
-        raise ValueError(f"clamp positions must be a bool tensor of shape ({d},), got dtype "
-                         f"{positions.dtype} and shape {tuple(positions.shape)}")
-    values = as_tokens(values, n, "clamp values")
-    if values.shape != (d,):
-        raise ValueError(f"clamp values must have shape ({d},), got {tuple(values.shape)}")
-    return positions.cpu(), values.cpu()
-
-
 def condition(p0, clamp) -> torch.Tensor:
     """The exact conditional ``p0(x | x_C = c)`` by Bayes' rule, shape (n,)*d (lesson 7).
 
@@ -499,7 +484,8 @@ def condition(p0, clamp) -> torch.Tensor:
     """
     p0 = _check_joint(p0)
     n, d = p0.shape[0], p0.dim()
-    positions, values = _check_clamp(clamp, n, d)
+    positions, values = check_clamp(clamp, 1, d, n, torch.device("cpu"))
+    positions, values = positions[0], values[0]
     out = p0.clone()
     for i in range(d):
         if positions[i]:

@@ -1,4 +1,4 @@
-"""The logic behind the interactive views of lessons 1 to 5.
+"""The logic behind the interactive views of the lessons (1-8).
 
 A lesson's slider cell only builds the ipywidgets and forwards their values to a function here.
 Each function draws on the matplotlib axes it is given (or on a new figure in the course style)
@@ -148,7 +148,7 @@ def reverse_view(t: float = 0.5, kind: str = "uniform", schedule: str = "logline
     ax_bars.set(xticks=states, xticklabels=labels, ylim=(0, 1.2), xlabel="state $x$",
                 ylabel="probability", yticks=np.linspace(0, 1, 6))
     ax_bars.legend(loc="upper center", ncol=2)
-    ax_bars.set_title(f"{kind}: reverse time {t:.2f} gives $q_s = p_s$")
+    ax_bars.set_title(f"{kind}: reverse time {t:.2f} reaches s = {1 - t:.2f}, where $q_s = p_s$")
     ax_bars.text(0.98, 0.72, f"max error {err:.0e}", transform=ax_bars.transAxes, ha="right",
                  fontsize=9)
 

@@ -227,7 +227,7 @@ def test_condition_is_bayes_by_loop():
     words, _ = S.words_toy(["ab", "ba"])
     with pytest.raises(ValueError, match="probability 0"):
         S.condition(words, (torch.tensor([True, True]), torch.tensor([0, 0])))
-    with pytest.raises(ValueError, match="bool tensor of shape"):
+    with pytest.raises(ValueError, match="clamp positions_mask must be a bool tensor"):
         S.condition(words, (torch.tensor([1, 0]), torch.tensor([0, 0])))
 
 
