@@ -7,50 +7,9 @@ lesson itself (parsed from the .ipynb JSON), so the test follows the notebook as
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
-import re
-from pathlib import Path
-
 import pytest
 
-LESSONS = Path(__file__).resolve().parents[1] / "lessons"
-
-
-def _cells(name):
-    return json.loads((LESSONS / name).read_text())["cells"]
-
-
-def _source(cell):
-    return "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
-
-
-def _solution(name, func):
-    """The fenced python block of the <details> cell that defines ``func``."""
-    for cell in _cells(name):
-        text = _source(cell)
-        if cell["cell_type"] == "markdown" and "<details>" in text and f"def {func}(" in text:
-            return re.search(r"```python\n(.*?)```", text, re.S).group(1)
-    raise AssertionError(f"no <details> solution defining {func} in {name}")
-
-
-def _check_cell(name, checker):
-    for cell in _cells(name):
-        if cell["cell_type"] == "code" and f"def {checker}(" in _source(cell):
-            return _source(cell)
-    raise AssertionError(f"no check cell defining {checker} in {name}")
-
-
-def _run_check(name, checker, func_source):
-    """Define the reader's function from ``func_source``, run the check cell, return what it prints."""
-    import torch  # noqa: F401  (the solutions use torch from the lesson's namespace)
-    ns = {"torch": torch}
-    exec(func_source, ns)
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        exec(_check_cell(name, checker), ns)
-    return out.getvalue().strip()
+from tests.exercise_harness import _run_check, _solution
 
 
 # ------------------------------------------------------------------ lesson 4: the DWDSE of a batch
