@@ -129,3 +129,12 @@ def runs(tmp_path_factory):
         train.main(["--preset", "tiny-cpu", *TINY_RUN, "--data", str(corpus), "--out",
                     str(out[name]), *extra])
     return out
+
+
+@pytest.fixture(scope="session")
+def corpus_file(tmp_path_factory):
+    """A small text8-format corpus (40K characters of the offline fallback) for training tests."""
+    from ddlab.text import data
+    path = tmp_path_factory.mktemp("corpus") / "small.txt"
+    path.write_text(data.fallback_text()[:40_000])
+    return str(path)

@@ -33,13 +33,6 @@ TINY_CLI = [a for k, v in TINY.items() for a in (f"--{k}", str(v).lower()
                                                  if isinstance(v, bool) else str(v))]
 
 
-@pytest.fixture(scope="module")
-def corpus_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("corpus") / "small.txt"
-    path.write_text(data.fallback_text()[:40_000])
-    return str(path)
-
-
 def _cfg(corpus_file, out, **over):
     return make_config("tiny-cpu", {**TINY, "data": corpus_file, "out": str(out), **over})
 

@@ -23,13 +23,6 @@ TINY = dict(n_layer=1, n_head=2, d_model=32, cond_dim=16, seq_len=32, batch_size
             warmup=2, ema=0.9, threads=1, progress=False, eval_batches=1, log_every=2)
 
 
-@pytest.fixture(scope="module")
-def corpus_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("corpus") / "small.txt"
-    path.write_text(data.fallback_text()[:40_000])
-    return str(path)
-
-
 def _cfg(corpus_file, out, **over):
     return make_config("tiny-cpu", {**TINY, "data": corpus_file, "out": str(out), **over})
 
