@@ -106,12 +106,17 @@ def data_dir() -> Path:
     return Path(cache) / "ddlab"
 
 
-def _md5(path: Path) -> str:
-    h = hashlib.md5()
+def _file_hash(path: Path, algorithm: str) -> str:
+    """Hex digest of a file, read in 4 MiB blocks (the archive's MD5, the cache's SHA-256)."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
+        for block in iter(lambda: f.read(1 << 22), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def _md5(path: Path) -> str:
+    return _file_hash(path, "md5")
 
 
 def _manual_hint(dest: Path, url: str, size: int, md5: str) -> str:
@@ -164,11 +169,7 @@ def download(url: str, dest, size: int, md5: str, opener=None) -> Path:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
+    return _file_hash(path, "sha256")
 
 
 def _cached_ok(out: Path, chars: int) -> bool:
