@@ -31,12 +31,13 @@ test: test-unit test-lessons
 test-unit: $(STAMP)
 	$(PY) -m pytest -n $(PYTEST_WORKERS) tests
 
-# Each notebook stays on one worker (--dist loadfile): its cells share one kernel.
+# Each notebook stays on one worker (--dist loadfile): its cells share one kernel. DDLAB_SCALE=quick:
+# lessons whose real CPU setting takes minutes (lesson 9 trains for several) run a shorter one here.
 # Their figures go to a temporary folder: the committed PNGs come from `make figures`, and a test
 # run must leave the work tree as it found it (the root conftest.py checks that).
 test-lessons: $(STAMP)
 	@figs=$$(mktemp -d); trap 'rm -rf "$$figs"' EXIT; \
-	DDLAB_FIGURES=$$figs $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --nbval-lax --nbval-current-env lessons/
+	DDLAB_SCALE=quick DDLAB_FIGURES=$$figs $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --nbval-lax --nbval-current-env lessons/
 
 # Lessons in a real browser: JupyterLab + Debian's headless Chromium driven by Playwright; runs
 # every lesson with widgets, moves each slider and dropdown, and saves screenshots to

@@ -7,9 +7,9 @@
 A diffusion run (absorb or uniform, from ``python -m ddlab.text.train``) draws ``--batch``
 sequences of its full length (seq_len) with ``ddlab.text.generate.generate`` at each number of
 steps, for each sampler, from the same seed; the AR baseline run scores them
-(``ddlab.text.generate.generative_bpc``: bits/char, perplexity = 2 ** bits/char). Beside each
+(``ddlab.text.metrics.generative_bpc``: bits/char, perplexity = 2 ** bits/char). Beside each
 score: its standard error over the samples, and the unigram entropy of the samples
-(``ddlab.text.generate.unigram_entropy``), because a sampler that repeats a few characters also
+(``ddlab.text.metrics.unigram_entropy``), because a sampler that repeats a few characters also
 scores well under an AR model. The reference row scores real test text of the same length.
 
 On a 2-core CPU the samplers can run as two processes (``--samplers euler --json e.json`` and
@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ddlab.text import data                                               # noqa: E402
 from ddlab.text.checkpoint import load_model                              # noqa: E402
-from ddlab.text.generate import ar_score, sample_quality                  # noqa: E402
+from ddlab.text.generate import sample_quality                            # noqa: E402
+from ddlab.text.metrics import ar_score                                   # noqa: E402
 
 
 def measure(args) -> dict:

@@ -1,7 +1,9 @@
 """Small conveniences every lesson's setup cell uses (all lessons).
 
-``lesson_scale()`` is the one size knob: "small" on a CPU and under nbval (so a lesson runs in about
-a minute on two cores), "full" when a GPU is present. ``DDLAB_SCALE=small|full`` overrides it.
+``lesson_scale()`` is the one size knob: "small" on a reader's CPU (what the committed lessons show),
+"full" when a GPU is present, and "quick" under ``make test-lessons`` (nbval on a 2-core CI machine:
+lessons whose real CPU setting takes minutes, such as lesson 9's training, shrink it; the others
+treat "quick" as "small"). ``DDLAB_SCALE=quick|small|full`` overrides the choice.
 ``notebook_cells`` and ``without_magics`` read a lesson as plain Python, for the tests and for
 ``benchmarks/run_lesson.py`` (which runs a lesson where Jupyter is not installed).
 """
@@ -13,11 +15,12 @@ import os
 
 import torch
 
-_SCALES = ("small", "full")
+_SCALES = ("quick", "small", "full")
 
 
 def lesson_scale() -> str:
-    """"small" or "full": from ``$DDLAB_SCALE`` if set, else "full" only when CUDA is available."""
+    """"quick", "small" or "full": ``$DDLAB_SCALE`` if set, else "full" when CUDA is available,
+    else "small". Only ``make test-lessons`` (and the browser test) set "quick"."""
     env = os.environ.get("DDLAB_SCALE")
     if env is not None:
         if env not in _SCALES:
@@ -37,7 +40,7 @@ def setup(seed: int = 0) -> str:
     torch.manual_seed(seed)
     use_style()
     scale = lesson_scale()
-    if scale == "small" and not torch.cuda.is_available():
+    if scale != "full" and not torch.cuda.is_available():
         # Toy tensors are tiny: a second thread only adds synchronisation, and under nbval two
         # lessons share the two cores of a CI machine. One thread is both faster and repeatable.
         torch.set_num_threads(1)

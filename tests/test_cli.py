@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from ddlab.text import checkpoint, evaluate, generate, train
+from ddlab.text import checkpoint, evaluate, generate, metrics, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -74,7 +74,7 @@ def test_sample_errors(runs):
 def test_generative_bpc_of_uniform_ar_model_is_log2_27(runs):
     ar, *_ = checkpoint.load_model(runs["ar"])
     x = torch.randint(0, 27, (4, 32))
-    assert math.isclose(generate.generative_bpc(ar, x), math.log2(27), rel_tol=1e-6)
+    assert math.isclose(metrics.generative_bpc(ar, x), math.log2(27), rel_tol=1e-6)
     model, cfg, rm, sch = checkpoint.load_model(runs["absorb"])
     curve = generate.generative_bpc_curve(rm, sch, model, ar, [2, 4], batch=2, d=16)
     assert set(curve) == {"euler", "tweedie"}
@@ -90,7 +90,7 @@ def test_generative_bpc_per_sample_matches_prefix_by_prefix_scoring(runs):
         ar.head.bias.copy_(torch.randn_like(ar.head.bias))
         ar.head.weight.copy_(0.3 * torch.randn_like(ar.head.weight))
     x = torch.randint(0, 27, (3, 8))
-    per = generate.generative_bpc(ar, x, per_sample=True)
+    per = metrics.generative_bpc(ar, x, per_sample=True)
     bos = ar.cfg.n_chars
     ref = torch.zeros(3, dtype=torch.float64)
     with torch.no_grad():
@@ -99,19 +99,19 @@ def test_generative_bpc_per_sample_matches_prefix_by_prefix_scoring(runs):
             logp = torch.log_softmax(ar(inp)[:, -1].double(), -1)
             ref -= logp[torch.arange(3), x[:, i]] / math.log(2)
     assert torch.allclose(per, ref / 8, atol=1e-5)
-    assert math.isclose(generate.generative_bpc(ar, x), float(per.mean()), rel_tol=1e-9)
-    score = generate.ar_score(ar, x)                 # mean and standard error of the hand values
+    assert math.isclose(metrics.generative_bpc(ar, x), float(per.mean()), rel_tol=1e-9)
+    score = metrics.ar_score(ar, x)                 # mean and standard error of the hand values
     hand = (ref / 8).numpy()
     assert math.isclose(score["bpc"], hand.mean(), rel_tol=1e-5)
     assert math.isclose(score["se"], hand.std(ddof=1) / math.sqrt(3), rel_tol=1e-3)
 
 
 def test_unigram_entropy_by_hand():
-    assert math.isclose(generate.unigram_entropy(torch.tensor([[0, 0, 1, 1]])), 1.0)
-    assert math.isclose(generate.unigram_entropy(torch.tensor([[0, 1], [2, 3]])), 2.0)
-    assert generate.unigram_entropy(torch.tensor([[5, 5, 5]])) == 0.0
+    assert math.isclose(metrics.unigram_entropy(torch.tensor([[0, 0, 1, 1]])), 1.0)
+    assert math.isclose(metrics.unigram_entropy(torch.tensor([[0, 1], [2, 3]])), 2.0)
+    assert metrics.unigram_entropy(torch.tensor([[5, 5, 5]])) == 0.0
     # 1/2, 1/4, 1/4: 1.5 bits
-    assert math.isclose(generate.unigram_entropy(torch.tensor([[26, 26, 3, 4]])), 1.5)
+    assert math.isclose(metrics.unigram_entropy(torch.tensor([[26, 26, 3, 4]])), 1.5)
 
 
 def test_old_entry_points_are_aliases_of_the_text_modules(runs):

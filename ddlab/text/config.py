@@ -43,6 +43,8 @@ RENAMED = {"t_eps": "t_min"}
 class TrainConfig:
     # ---- model
     objective: str = "absorb"      # absorb | uniform | ar
+    param: str = "score"           # absorb: score (SEDD) | denoiser (MDLM's normalised softmax)
+    time_input: bool = True        # False: the network never sees sigma_bar (time-agnostic)
     n_layer: int = 4
     n_head: int = 4
     d_model: int = 128
@@ -225,6 +227,11 @@ def check_config(cfg: TrainConfig, split_length=None, *, device_check: bool = Tr
 
     if cfg.objective not in ("absorb", "uniform", "ar"):
         raise ConfigError(f"--objective must be 'absorb', 'uniform' or 'ar', got {cfg.objective!r}")
+    if cfg.param not in ("score", "denoiser"):
+        raise ConfigError(f"--param must be 'score' or 'denoiser', got {cfg.param!r}")
+    if cfg.param == "denoiser" and cfg.objective != "absorb":
+        raise ConfigError(f"--param denoiser (MDLM) needs --objective absorb, got "
+                          f"{cfg.objective!r}")
     for key in ("n_layer", "n_head", "d_model", "cond_dim", "seq_len", "batch_size",
                 "log_every", "eval_batches"):
         check(as_int, key, 1)

@@ -12,23 +12,22 @@ conditioning is ``clamp=(positions, tokens)``, which fixes the given characters 
 after every step, so they never change. In a pattern every ``_`` is a position to fill.
 
 Sample quality, as in the SEDD paper's figure of generative perplexity against steps, is measured
-here at text8 scale by the autoregressive baseline: :func:`generative_bpc` is the AR model's
-bits/char on the samples (lower = more plausible text to the AR model).
+here at text8 scale by the autoregressive baseline (``ddlab.text.metrics``: the AR model's bits/char
+on the samples beside their unigram entropy and word rate).
 """
 
 from __future__ import annotations
 
-import math
 import time
 
 import numpy as np
 import torch
 
-from .._numerics import LN2
 from ..sampling import sample as run_sampler
 from .checkpoint import load_model
 from .config import ArgumentParser, ConfigError, at_least, check_device, run_cli
 from .data import ALPHABET, MASK_CHAR, decode, encode
+from .metrics import ar_score
 
 
 def make_clamp(d: int, *, prefix: str = "", suffix: str = "", pattern: str | None = None):
@@ -74,43 +73,6 @@ def generate(rm, schedule, model, batch: int, d: int, steps: int, sampler: str =
     return run_sampler(rm=rm, schedule=schedule, score_fn=model.score_fn, batch=batch, d=d,
                        steps=steps, method=sampler, clamp=clamp, generator=gen, t_min=t_min,
                        device=device)
-
-
-@torch.no_grad()
-def generative_bpc(ar_model, samples: torch.Tensor, per_sample: bool = False):
-    """Bits/char that the AR baseline assigns to samples (B, d): the text8-scale analogue of the
-    paper's generative perplexity (perplexity = 2 ** bits/char).
-
-    A float (the mean over all characters), or with ``per_sample=True`` a float64 tensor (B,) of
-    each sample's own bits/char (for a standard error). Low values can also mean repetitive text:
-    read them beside :func:`unigram_entropy`.
-    """
-    device = next(ar_model.parameters()).device
-    if int(samples.max()) >= ar_model.cfg.n_chars:
-        raise ValueError("samples contain MASK tokens; sample with denoise=True")
-    lp = ar_model.ar_log_probs(samples.to(device)).double()
-    if per_sample:
-        return (-lp.mean(-1) / LN2).cpu()
-    return -lp.mean().item() / LN2
-
-
-def unigram_entropy(samples: torch.Tensor, n: int = len(ALPHABET)) -> float:
-    """Entropy in bits of the character frequencies of a batch of samples (B, d).
-
-    A guard against a known trap of generative perplexity: a sampler that repeats a few
-    characters scores well under the AR model, but its unigram entropy collapses (English text8
-    has about 4.1 bits)."""
-    counts = torch.bincount(samples.flatten().cpu(), minlength=n).double()
-    p = counts[counts > 0] / counts.sum()
-    return float(-(p * p.log2()).sum())
-
-
-def ar_score(ar_model, x: torch.Tensor) -> dict:
-    """``{"bpc", "se", "entropy"}`` of sequences x (B, d), samples or real text (lesson 9): the AR
-    baseline's mean bits/char, its standard error over the B sequences, and the unigram entropy."""
-    per = generative_bpc(ar_model, x, per_sample=True)
-    se = float(per.std() / math.sqrt(len(per))) if len(per) > 1 else float("nan")
-    return {"bpc": float(per.mean()), "se": se, "entropy": unigram_entropy(x)}
 
 
 def sample_quality(rm, schedule, model, ar_model, steps_list, samplers=("euler", "tweedie"), *,
@@ -203,8 +165,8 @@ def main(argv=None) -> list[str]:
     return run_cli(_main, argv)
 
 
-__all__ = ["make_clamp", "text8_option", "generate", "generative_bpc", "unigram_entropy",
-           "ar_score", "sample_quality", "generative_bpc_curve", "main"]
+__all__ = ["make_clamp", "text8_option", "generate", "sample_quality",
+           "generative_bpc_curve", "main"]
 
 
 if __name__ == "__main__":

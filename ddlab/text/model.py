@@ -22,6 +22,12 @@ Parametrisations of the output z (shape (B, d, n)):
   data distribution. Its loss is then analytic: ``(1 - eps) log(n - 1)`` nats per token for the
   LogLinear schedule (see tests/test_model.py). Only masked positions are used: the reverse
   absorbing chain never moves an unmasked token, whatever the output there.
+* ``absorb`` with ``param="denoiser"`` (MDLM's parametrisation): the 27 letter logits go through a
+  softmax, ``log p(y | x_t) = log_softmax(z)_y``, and ``log s_y = log p(y | x_t) - log(e^{sigma_bar}
+  - 1)`` (``ddlab.mdlm.log_score_from_denoiser``). The network then cannot express an unnormalised
+  ratio: it need not learn that the ratios at a masked position sum to ``1 / (e^{sigma_bar} - 1)``.
+  Lesson 8 proved the loss equal to MDLM's cross-entropy, so the objective is unchanged; only the
+  function class is smaller. The zero network is the same uniform score as above.
 * ``uniform`` (n = 27): ``log s_y = z_y`` with ``log s_{x_i} = 0``.
 * ``ar``: a causal copy of the same network (the autoregressive baseline) whose z are next-token
   logits over the 27 characters; its input is the sequence shifted right behind a BOS token
@@ -38,8 +44,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .._numerics import log_expm1
+from ..mdlm import log_score_from_denoiser
 
 OBJECTIVES = ("absorb", "uniform", "ar")
+PARAMS = ("score", "denoiser")   # absorbing only: SEDD's score or MDLM's normalised denoiser
 
 
 @dataclass
@@ -54,10 +62,16 @@ class ModelConfig:
     mlp_ratio: int = 4
     dropout: float = 0.0
     adaln: bool = True         # False: plain LayerNorm, no conditioning (a plain transformer)
+    param: str = "score"       # absorb: "score" (SEDD) or "denoiser" (MDLM)
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.param not in PARAMS:
+            raise ValueError(f"param must be one of {PARAMS}, got {self.param!r}")
+        if self.param == "denoiser" and self.objective != "absorb":
+            raise ValueError(f"param='denoiser' (MDLM) needs objective='absorb', got "
+                             f"{self.objective!r}: only masked positions have a denoiser to learn")
         if self.d_model % self.n_head or (self.d_model // self.n_head) % 2:
             raise ValueError(f"d_model = {self.d_model} must split into n_head = {self.n_head} "
                              f"heads of even width (rotary embeddings rotate pairs)")
@@ -202,6 +216,9 @@ class DiffusionTransformer(nn.Module):
         sb = torch.as_tensor(sigma_bar, dtype=torch.float32, device=x_t.device)
         sb = torch.broadcast_to(sb.float(), x_t.shape[:1])
         z = self(x_t, sb).float()
+        if self.cfg.param == "denoiser":
+            log_p = F.pad(F.log_softmax(z[..., :-1], -1), (0, 1), value=-math.inf)  # no MASK
+            return log_score_from_denoiser(log_p, x_t, sb)
         if self.cfg.objective == "absorb":
             # SEDD's absorbing parametrisation: ratios = softmax-like scores / (e^{sigma_bar} - 1)
             z = z - log_expm1(sb)[:, None, None] - math.log(self.cfg.n_out - 1)
@@ -221,4 +238,4 @@ class DiffusionTransformer(nn.Module):
         return torch.gather(F.log_softmax(logits, -1), -1, x0[..., None])[..., 0]
 
 
-__all__ = ["ModelConfig", "DiffusionTransformer", "OBJECTIVES"]
+__all__ = ["ModelConfig", "DiffusionTransformer", "OBJECTIVES", "PARAMS"]

@@ -53,7 +53,7 @@ from .._checks import skip_value_checks
 from .._numerics import LN2
 from ..losses import dwdse, stratified_times
 from .checkpoint import (CKPT_NAME, EMA, CheckpointError, build_model, build_process,
-                         load_checkpoint, prepare_run_folder, restore_rng_state, save_checkpoint)
+                         config_of, load_checkpoint, prepare_run_folder, restore_rng_state, save_checkpoint)
 from .config import RENAMED, ConfigError, TrainConfig, check_config, make_config, run_cli
 from .data import CropSampler, eval_chunks, load_corpus
 
@@ -519,6 +519,55 @@ def _train(cfg, resume, log, rank, world, device, out, corpus, signals) -> dict:
     return result
 
 
+# What does not change the trained weights: a finished run whose configuration differs from the
+# asked one only in these is the asked run (CPU threads change the float summation order only).
+NOT_IN_RESULT = ("progress", "out", "threads", "log_every", "ckpt_every", "ddp_timeout_s")
+
+
+def finished_run(cfg: TrainConfig) -> dict | None:
+    """The result of the finished run in ``cfg.out`` if it was trained with ``cfg``, else None.
+
+    Finished: ``metrics.json`` was written (the last act of :func:`train`) after the checkpoint.
+    Same configuration: every field but ``NOT_IN_RESULT`` equal. The result is the dict
+    :func:`train` returned, with ``model`` the trained (non-EMA) weights read back.
+    """
+    out = Path(cfg.out)
+    if not (out / "metrics.json").is_file() or not (out / CKPT_NAME).is_file():
+        return None
+    try:
+        ck = load_checkpoint(out)
+        saved = dataclasses.asdict(config_of(ck))
+        metrics = json.loads((out / "metrics.json").read_text())
+    except (CheckpointError, ValueError, OSError):
+        return None            # unreadable: not the asked run; training again replaces it
+    asked = dataclasses.asdict(cfg)
+    if any(saved.get(k) != v for k, v in asked.items() if k not in NOT_IN_RESULT):
+        return None
+    if (out / CKPT_NAME).stat().st_mtime > (out / "metrics.json").stat().st_mtime:
+        return None            # checkpointed after its metrics: an interrupted resumption
+    if ck.get("corpus") != load_corpus(cfg.data, fallback=cfg.fallback).name:
+        return None            # same name, other text (text8 appeared, or another fallback)
+    model = build_model(cfg)
+    model.load_state_dict(ck["model"])
+    return {**metrics, "history": ck["history"], "model": model.eval()}
+
+
+def train_or_load(cfg: TrainConfig, *, log=None) -> dict:
+    """The run of ``cfg``: read back from ``cfg.out`` if it finished there with the same
+    configuration (:func:`finished_run`), else trained afresh, replacing what ``cfg.out`` held.
+
+    How a lesson reuses a model an earlier lesson trained (lessons 10 and 11 reuse lesson 9's runs)
+    and how re-running a notebook skips training it already did. The log says which happened.
+    """
+    log = log or (lambda *a: print(*a, flush=True))
+    done = finished_run(cfg)
+    if done is not None:
+        log(f"{cfg.objective}: loaded the finished run in {cfg.out} ({done['steps']} steps, "
+            f"valid bits/char {done['final_valid_bpc']:.4f}); delete it to train again")
+        return done
+    return train(cfg, overwrite=True, log=log)
+
+
 def write_metrics(out: Path, result: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps({k: v for k, v in result.items()
@@ -589,7 +638,8 @@ def main(argv=None) -> dict:
 __all__ = ["TrainingDiverged", "TrainingInterrupted", "StopSignals", "OPTIMISATION_KNOBS",
            "RESUMABLE_CHANGES", "dwdse_loss", "Objective", "get_lr", "make_optimizer",
            "train_step", "next_batch", "quick_eval", "ema_quick_eval", "any_rank", "LossLog",
-           "check_resumable", "resume_run", "train", "main"]
+           "check_resumable", "resume_run", "train", "finished_run", "train_or_load",
+           "NOT_IN_RESULT", "main"]
 
 
 if __name__ == "__main__":

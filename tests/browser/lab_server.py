@@ -143,6 +143,9 @@ def running_lab(root: Path, *, env: dict | None = None, timeout: float = 90.0):
             "JUPYTER_DATA_DIR": str(tmp / "data"),
             "PYTHONUNBUFFERED": "1",
         })
+        # The lessons run in their quick setting (as under `make test-lessons`): lesson 9 trains for
+        # minutes in its real CPU setting, longer than the browser waits.
+        full_env.setdefault("DDLAB_SCALE", "quick")
         full_env.update(env or {})
         log = tmp / "lab.log"
         cmd = [str(jupyter_lab), "--no-browser", "--ip=127.0.0.1", f"--port={port}",
