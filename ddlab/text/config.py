@@ -62,6 +62,7 @@ class TrainConfig:
     # ---- optimisation
     batch_size: int = 32           # per process (DDP: each rank draws its own batch)
     lr: float = 3e-3
+    min_lr: float = -1.0           # >= 0: cosine decay to it at max_steps; < 0: constant after warmup
     weight_decay: float = 0.0
     beta1: float = 0.9
     beta2: float = 0.999
@@ -246,6 +247,8 @@ def check_config(cfg: TrainConfig, split_length=None, *, device_check: bool = Tr
     check(as_real, "uniform_sigma_min", 0.0)
     check(as_real, "uniform_sigma_max", cfg.uniform_sigma_min)
     check(as_real, "lr", 0.0)
+    if cfg.min_lr >= 0:
+        check(as_real, "min_lr", 0.0, cfg.lr, lo_closed=True, hi_closed=True)
     check(as_real, "weight_decay", 0.0, lo_closed=True)
     check(as_real, "beta1", 0.0, 1.0, lo_closed=True)
     check(as_real, "beta2", 0.0, 1.0, lo_closed=True)

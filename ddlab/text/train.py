@@ -39,6 +39,7 @@ import dataclasses
 import datetime
 import gc
 import json
+import math
 import os
 import signal
 import threading
@@ -60,7 +61,7 @@ from .data import CropSampler, eval_chunks, load_corpus
 # What may change between a run and its resumption. The optimisation knobs are here so that the
 # NaN guard's advice (lower --lr, raise --warmup, ... then --resume) can be followed; a resumed
 # run with changed knobs is no longer bit-identical to an uninterrupted one, and the log says so.
-OPTIMISATION_KNOBS = ("lr", "warmup", "grad_clip", "weight_decay", "beta1", "beta2", "ema",
+OPTIMISATION_KNOBS = ("lr", "min_lr", "warmup", "grad_clip", "weight_decay", "beta1", "beta2", "ema",
                       "bf16", "time_budget_s", "max_steps")
 RESUMABLE_CHANGES = OPTIMISATION_KNOBS + ("progress", "out", "threads", "eval_every",
                                           "eval_batches", "ckpt_every", "log_every", "device",
@@ -119,8 +120,15 @@ class Objective(nn.Module):
 
 # ------------------------------------------------------------------------------- one step
 def get_lr(step: int, cfg: TrainConfig) -> float:
-    """The learning rate of the step after ``step`` steps: linear warmup, then constant (SEDD)."""
-    return cfg.lr * min(1.0, (step + 1) / max(cfg.warmup, 1))
+    """The learning rate of the step after ``step`` steps: linear warmup, then constant (SEDD's
+    recipe, for runs of unknown length) or, with ``min_lr >= 0``, a cosine decay from ``lr`` to
+    ``min_lr`` at ``max_steps`` (nanoGPT's: a short run gains most from ending at a low rate)."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    if cfg.min_lr < 0 or cfg.max_steps <= cfg.warmup:
+        return cfg.lr
+    done = min(1.0, (step - cfg.warmup) / (cfg.max_steps - cfg.warmup))
+    return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * done)) * (cfg.lr - cfg.min_lr)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, device) -> torch.optim.AdamW:
