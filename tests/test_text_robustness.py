@@ -292,14 +292,20 @@ def _no_network(url):
     raise urllib.error.URLError("no network in tests")
 
 
-def test_a_text8_cache_of_zero_bytes_is_rejected(tmp_path):
+@pytest.fixture
+def fresh_fallback_warning(monkeypatch):
+    """The FallbackWarning is given once per process: forget an earlier test's."""
+    monkeypatch.setattr(data, "_fallback_warned", False)
+
+
+def test_a_text8_cache_of_zero_bytes_is_rejected(tmp_path, fresh_fallback_warning):
     """10^8 zero bytes have text8's size but not its hash: not used; without the archive and the
-    network the loud fallback takes over."""
+    network the offline corpus takes over, with a warning."""
     cache = tmp_path / "cache"
     cache.mkdir()
     with open(cache / "text8.u8", "wb") as f:
         f.truncate(data.TEXT8_CHARS)                         # a sparse file of 10^8 zeros
-    with pytest.warns(UserWarning, match="FALLBACK"):
+    with pytest.warns(data.FallbackWarning, match="NOT text8"):
         corpus = data.load_corpus("text8", root=cache, opener=_no_network)
     assert not corpus.is_text8
 
@@ -329,7 +335,7 @@ def test_a_cache_is_rebuilt_from_its_archive_when_its_hash_fails(tmp_path):
 
 @pytest.mark.parametrize("kind", ["a file", "below a file", "read-only"])
 def test_an_odd_data_folder_falls_back_with_one_clear_reason(kind, tmp_path, monkeypatch,
-                                                             capsys):
+                                                             capsys, fresh_fallback_warning):
     f = tmp_path / "file"
     f.write_text("x")
     root = {"a file": f, "below a file": f / "sub", "read-only": tmp_path / "ro"}[kind]
@@ -341,22 +347,26 @@ def test_an_odd_data_folder_falls_back_with_one_clear_reason(kind, tmp_path, mon
     with pytest.raises(data.DataError, match="not usable|is a file") as err:
         data.text8_path(opener=_no_network)
     assert "\n" not in str(err.value)
-    with pytest.warns(UserWarning, match="FALLBACK"):
+    with pytest.warns(data.FallbackWarning) as record:
         corpus = data.load_corpus("text8", opener=_no_network)
     assert not corpus.is_text8
-    reason = [line for line in capsys.readouterr().err.splitlines() if "Reason" in line]
-    assert len(reason) == 1 and "DDLAB_DATA" in reason[0]
+    assert len(record) == 1 and str(record[0].message).count("DDLAB_DATA") == 1
+    assert capsys.readouterr().err == ""
 
 
-def test_evaluating_a_good_run_with_an_odd_data_folder_does_not_crash(tmp_path, monkeypatch):
+def test_evaluating_a_good_run_with_an_odd_data_folder_does_not_crash(tmp_path, monkeypatch,
+                                                                      fresh_fallback_warning):
     f = tmp_path / "file"
     f.write_text("x")
     monkeypatch.setenv("DDLAB_DATA", str(f / "below"))
     monkeypatch.setattr(data.urllib.request, "urlopen", _no_network)
-    with pytest.warns(UserWarning, match="FALLBACK"):       # a run "on text8", trained offline
+    with pytest.warns(data.FallbackWarning):                 # a run "on text8", trained offline
         train(make_config("tiny-cpu", {**TINY, "data": "text8", "max_steps": 1,
                                        "out": str(tmp_path / "run")}))
     from ddlab.text import evaluate
-    with pytest.warns(UserWarning, match="FALLBACK"):
+    import warnings
+    with warnings.catch_warnings(record=True) as again:    # said once per process, not again
+        warnings.simplefilter("always")
         r = evaluate.evaluate_run(tmp_path / "run", "valid", num_t=2, max_chunks=2)
+    assert not [w for w in again if issubclass(w.category, data.FallbackWarning)]
     assert np.isfinite(r["bpc"]) and "fallback" in r["corpus"]

@@ -120,7 +120,7 @@ def test_resume_is_bit_for_bit(corpus_file, tmp_path):
         train(_cfg(corpus_file, tmp_path / "split", max_steps=9), resume=True)
     # a resumed run refuses a changed model or data configuration (the optimisation knobs may
     # change: tests/test_text_robustness.py)
-    with pytest.raises(ValueError, match="different configuration.*seed.*only lr, warmup"):
+    with pytest.raises(ValueError, match="different configuration.*seed.*only lr, min_lr, warmup"):
         train(_cfg(corpus_file, tmp_path / "split", max_steps=9, seed=1), resume=True)
 
 

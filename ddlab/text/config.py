@@ -52,8 +52,8 @@ class TrainConfig:
     seq_len: int = 128
     dropout: float = 0.0
     # ---- data
-    data: str = "text8"            # text8 | fallback | path of a text8-format .txt file
-    fallback: bool = True          # use the pydoc corpus (loudly) when text8 is missing
+    data: str = "text8"            # text8 | fallback | pydoc | path of a text8-format .txt file
+    fallback: bool = True          # use the offline corpus (with a warning) when text8 is missing
     # ---- noise
     noise_eps: float = 1e-3        # LogLinear eps: sigma_bar(1) = -log(noise_eps)
     t_min: float = 1e-3            # training times t ~ U(t_min, 1), stratified over the batch
@@ -76,7 +76,7 @@ class TrainConfig:
     device: str = "auto"           # auto | cpu | cuda
     bf16: bool = True              # bf16 autocast (only on CUDA)
     compile: bool = False          # torch.compile the model
-    threads: int = 0               # > 0: torch.set_num_threads on CPU
+    threads: int = 0               # CPU threads; 0: every core (1 on a machine shared with others)
     # ---- bookkeeping
     eval_every: int = 0            # 0: evaluate only at the end
     eval_batches: int = 4

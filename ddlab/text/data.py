@@ -14,17 +14,24 @@ Pipeline::
 
 Token ids: 'a'..'z' are 0..25, the space is 26, and the absorbing process adds MASK = 27 (the last
 state, docs/design.md). Without text8 (no network), ``load_corpus("text8", fallback=True)`` uses the
-Python documentation that ships with every Python (``pydoc_data.topics``), normalised to the text8
-alphabet, and says so loudly: numbers from it are *not* text8 numbers.
+offline corpus, English that ships with every Python: the pydoc topics and the docstrings and
+comments of the standard library (a few million characters, built once and cached), normalised to
+the text8 alphabet. It says so in one FallbackWarning per process: numbers from it are *not* text8
+numbers.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
+import io
 import os
+import platform
 import re
 import sys
+import sysconfig
 import tempfile
+import tokenize
 import unicodedata
 import urllib.request
 import warnings
@@ -67,8 +74,10 @@ def text8_normalize(text: str) -> str:
     """
     if not isinstance(text, str):
         raise ValueError(f"text8_normalize needs a str, got {type(text).__name__}")
-    text = unicodedata.normalize("NFKD", text)
-    text = "".join(c for c in text if not unicodedata.combining(c)).lower()
+    if not text.isascii():      # ASCII has no accents to drop: skip the per-character pass
+        text = unicodedata.normalize("NFKD", text)
+        text = "".join(c for c in text if not unicodedata.combining(c))
+    text = text.lower()
     text = re.sub(r"[0-9]", lambda m: f" {_DIGITS[int(m.group())]} ", text)
     text = re.sub(r"[^a-z]+", " ", text)
     return text.strip()
@@ -123,7 +132,7 @@ def _manual_hint(dest: Path, url: str, size: int, md5: str) -> str:
     return (f"To place the file by hand: download {url} on a machine with network access, check "
             f"that it has {size:,} bytes and MD5 {md5}, and copy it to {dest} (or set $DDLAB_DATA "
             f"to the folder that holds it). Offline, load_corpus('text8', fallback=True) uses a "
-            f"small corpus that ships with Python instead.")
+            f"corpus that ships with Python instead (its docs, docstrings and comments).")
 
 
 def _check_file(path: Path, size: int, md5: str, url: str, dest: Path) -> None:
@@ -172,14 +181,16 @@ def _sha256(path: Path) -> str:
     return _file_hash(path, "sha256")
 
 
-def _cached_ok(out: Path, chars: int) -> bool:
-    """Whether ``out`` is the encoded text8 written by :func:`text8_path`: right size, and the
-    SHA-256 of its bytes equals the one stored beside it when it was built. The size alone would
-    accept any file of 10^8 bytes (one of zeros was once reported as text8); the whole file is
-    hashed (~0.3 s for 100 MB, once per load), so that no corruption anywhere goes unseen."""
+def _cached_ok(out: Path, chars: int | None = None) -> bool:
+    """Whether ``out`` is the encoded text8 written by :func:`text8_path` (or the offline corpus,
+    whose size is not known in advance: ``chars=None``): right size, and the SHA-256 of its bytes
+    equals the one stored beside it when it was built. The size alone would accept any file of
+    10^8 bytes (one of zeros was once reported as text8); the whole file is hashed (~0.3 s for
+    100 MB, once per load), so that no corruption anywhere goes unseen."""
     digest = out.with_name(out.name + ".sha256")
     try:
-        if out.stat().st_size != chars:
+        size = out.stat().st_size
+        if size == 0 or (chars is not None and size != chars):
             return False
         return digest.read_text().split()[0] == _sha256(out)
     except (OSError, IndexError):
@@ -262,19 +273,263 @@ def _split(ids: np.ndarray, name: str, is_text8: bool) -> Corpus:
     return Corpus(name, *(ids[slice(*cut[k])] for k in ("train", "valid", "test")), is_text8)
 
 
-def fallback_text() -> str:
-    """The offline corpus: Python's own pydoc topic texts, normalised to text8 format (~450K chars)."""
+# ------------------------------------------------------------------------------- offline corpus
+class FallbackWarning(UserWarning):
+    """``load_corpus("text8")`` could not get text8 and used the offline corpus (lesson 9)."""
+
+
+# Bump when the rules of stdlib_prose change, so that caches built by older rules are not reused.
+OFFLINE_FORMAT = 1
+# Test suites, third-party packages, compiled extensions and caches are not the standard library's
+# prose; config-3.X-<platform> holds the build's Makefile and helper scripts (machine-specific).
+_SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__",
+              "lib-dynload"}
+_SKIP_DIR_PREFIXES = ("config-",)
+# _sysconfigdata_* records this build's compiler flags and paths; the customize hooks are local.
+_SKIP_FILE_PREFIXES = ("test_", "_sysconfigdata")
+_SKIP_FILES = {"sitecustomize.py", "usercustomize.py"}
+_CODING_LINE = re.compile(r"^[ \t\f]*#.*?coding[:=][ \t]*[-\w.]+")    # PEP 263
+_TABLE_ROW = re.compile(r"^#\s*0x[0-9A-Fa-f]+\s*(->|=>)")             # '\x41'  # 0x41 -> ...
+# Paragraphs at least this long (normalised) are kept once only: long identical paragraphs are
+# copies (licences, repeated docstrings); short ones ("return the result") recur in any prose.
+_DEDUP_MIN_CHARS = 40
+_OFFLINE_MEMO: dict[str, str] = {}
+_fallback_warned = False            # the FallbackWarning is given once per process
+
+
+def pydoc_text() -> str:
+    """Python's own pydoc topic texts, normalised to text8 format (~390K characters, lesson 9).
+
+    Small and quick (~0.05 s): the tests cut their tiny training corpora from it. The fallback
+    corpus (:func:`offline_text`) starts with it.
+    """
     from pydoc_data.topics import topics
     return text8_normalize(" ".join(topics[k] for k in sorted(topics)))
 
 
-def load_corpus(name: str = "text8", *, fallback: bool = True, root=None, **text8_kwargs) -> Corpus:
-    """Load a corpus split 90/5/5 (lesson 9).
+def fallback_text() -> str:
+    """The former offline corpus, the pydoc topics alone: same as :func:`pydoc_text` (lesson 9).
 
-    ``name`` is ``"text8"`` (downloaded and cached; memory-mapped), ``"fallback"`` (the pydoc
-    corpus) or the path of a text file already in text8 format (e.g. the corpus that
-    benchmarks/make_doc_corpus.py writes). With ``fallback=True`` a text8 that cannot be obtained is
-    replaced by the pydoc corpus with a loud warning; with ``fallback=False`` the error is raised.
+    Kept for the callers that cut small corpora from it; ``load_corpus`` now falls back to the
+    larger :func:`offline_text`.
+    """
+    return pydoc_text()
+
+
+def _drop_doctests(doc: str) -> str:
+    # A doctest example runs from its ">>>" line to the next blank line (doctest's own rule):
+    # code and its printed output, not prose.
+    kept, in_example = [], False
+    for line in doc.splitlines():
+        stripped = line.strip()
+        if stripped.startswith(">>>"):
+            in_example = True
+        elif not stripped:
+            in_example = False
+        if not in_example:
+            kept.append(line)
+    return "\n".join(kept)
+
+
+def _docstrings(tree: ast.Module) -> list[tuple[int, str]]:
+    found, stack = [], [tree]
+    while stack:
+        # Only statements can hold a def or a class, so walking the statement lists finds every
+        # docstring at a fraction of ast.walk's cost (it visits every expression node too).
+        node = stack.pop()
+        for field in ("body", "orelse", "finalbody", "handlers", "cases"):
+            children = getattr(node, field, None)
+            if isinstance(children, list):
+                stack.extend(children)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            doc = ast.get_docstring(node, clean=True)
+            if doc:
+                for para in re.split(r"\n[ \t]*\n", _drop_doctests(doc)):
+                    found.append((node.body[0].lineno, para))
+    return found
+
+
+def _comments(src: str) -> list[tuple[int, str]]:
+    """Comment paragraphs with their first line: consecutive whole-line comments form one
+    paragraph until an empty or punctuation-only comment line (``#``, ``# ----``); a comment after
+    code on its line is a paragraph of its own."""
+    found, block, start, last_row = [], [], 0, -2
+    for tok in tokenize.generate_tokens(io.StringIO(src).readline):
+        if tok.type != tokenize.COMMENT:
+            continue
+        row, text = tok.start[0], tok.string
+        if row <= 2 and (text.startswith("#!") or _CODING_LINE.match(text)):
+            continue
+        body = text.lstrip("#").strip()
+        whole_line = tok.line.lstrip().startswith("#")
+        # The codec modules' tables: a hex code and an arrow, or a Unicode character name in
+        # capitals after the table entry. Tens of thousands of rows, none of them prose.
+        table = _TABLE_ROW.match(text) or (not whole_line and body.isupper())
+        ends_block = not whole_line or row != last_row + 1 or not re.search(r"[A-Za-z0-9]", body)
+        if block and ends_block:
+            found.append((start, "\n".join(block)))
+            block = []
+        if table or not re.search(r"[A-Za-z0-9]", body):
+            last_row = row
+            continue
+        if whole_line:
+            if not block:
+                start = row
+            block.append(body)
+            last_row = row
+        else:
+            found.append((row, body))
+            last_row = -2
+    if block:
+        found.append((start, "\n".join(block)))
+    return found
+
+
+@dataclass(frozen=True)
+class StdlibProse:
+    """What :func:`stdlib_prose` extracted: the text and which files gave it (lesson 9)."""
+    text: str                     # text8 format
+    files: tuple[str, ...]        # relative paths (sorted) of the files that contributed text
+    starts: tuple[int, ...]       # where each of those files' text begins in ``text``
+    unparsable: tuple[str, ...]   # relative paths of the files that failed to decode or parse
+
+
+def _stdlib_files(root: Path) -> list[str]:
+    rels = []
+    for folder, dirs, files in os.walk(root):     # os.walk does not follow linked folders
+        dirs[:] = [d for d in dirs if d not in _SKIP_DIRS and not d.startswith(_SKIP_DIR_PREFIXES)]
+        for f in files:
+            path = Path(folder) / f
+            if (f.endswith(".py") and f not in _SKIP_FILES
+                    and not f.startswith(_SKIP_FILE_PREFIXES) and not path.is_symlink()):
+                rels.append(path.relative_to(root).as_posix())
+    return sorted(rels)
+
+
+def stdlib_prose(stdlib=None) -> StdlibProse:
+    """The docstrings and comments of the standard library's pure-Python modules (lesson 9).
+
+    Reads every ``.py`` file under ``stdlib`` (default ``sysconfig.get_paths()["stdlib"]``) in
+    sorted order of relative path, skipping test suites (``test/``, ``tests/``,
+    ``idlelib/idle_test``, ``test_*.py``), third-party packages (``site-packages``,
+    ``dist-packages``) and machine-specific files (``_sysconfigdata_*``, ``config-*/``, the
+    ``*customize.py`` hooks) and links. From each it takes, in source order, the module, class
+    and function docstrings (``ast``; doctest examples dropped) and the comments (``tokenize``;
+    no shebang or coding line, no ``# ----`` rules, no codec tables), paragraph by paragraph, each
+    normalised with :func:`text8_normalize`. A paragraph of 40 characters or more that has been
+    seen already (a licence, a copied docstring) is left out. Files that cannot be decoded,
+    tokenised or parsed are skipped and listed in ``unparsable``. The same tree always gives the
+    same text, byte for byte. About 10 s for CPython 3.11's ~730 files on one core.
+    """
+    root = Path(stdlib) if stdlib is not None else Path(sysconfig.get_paths()["stdlib"])
+    if not root.is_dir():
+        raise ValueError(f"stdlib must be a folder of Python modules; {str(root)!r} is not a "
+                         f"folder")
+    seen: set[str] = set()
+    parts, files, starts, unparsable = [], [], [], []
+    pos = 0
+    for rel in _stdlib_files(root):
+        try:
+            raw = (root / rel).read_bytes()
+            encoding, _ = tokenize.detect_encoding(io.BytesIO(raw).readline)
+            src = raw.decode(encoding)
+            with warnings.catch_warnings():     # an old module's invalid escape is not our news
+                warnings.simplefilter("ignore", SyntaxWarning)
+                tree = ast.parse(src)
+            found = sorted(_docstrings(tree) + _comments(src), key=lambda item: item[0])
+        except (SyntaxError, ValueError, UnicodeDecodeError, LookupError, tokenize.TokenError,
+                OSError):
+            unparsable.append(rel)
+            continue
+        kept = []
+        for _, para in found:
+            text = text8_normalize(para)
+            if len(text) >= _DEDUP_MIN_CHARS:
+                if text in seen:
+                    continue
+                seen.add(text)
+            if text:
+                kept.append(text)
+        if kept:
+            parts.append(" ".join(kept))
+            files.append(rel)
+            starts.append(pos)
+            pos += len(parts[-1]) + 1
+    return StdlibProse(" ".join(parts), tuple(files), tuple(starts), tuple(unparsable))
+
+
+def offline_text(stdlib=None) -> str:
+    """The offline corpus: :func:`pydoc_text`, then :func:`stdlib_prose` (lesson 9).
+
+    Several million characters of English about Python that ship with every Python, in text8
+    format. Built once per process and folder (~10 s); :func:`load_corpus` caches it on disk.
+    """
+    key = str(Path(stdlib).resolve()) if stdlib is not None else ""
+    if key not in _OFFLINE_MEMO:
+        _OFFLINE_MEMO[key] = (pydoc_text() + " " + stdlib_prose(stdlib).text).strip()
+    return _OFFLINE_MEMO[key]
+
+
+def offline_path(root=None) -> Path:
+    """Where :func:`load_corpus` caches the encoded :func:`offline_text` for this Python (lesson 9).
+
+    ``root/fallback-<implementation><version>-v<OFFLINE_FORMAT>.u8`` (root defaults to
+    :func:`data_dir`), e.g. ``fallback-cpython3.11.7-v1.u8``, with its SHA-256 in a ``.sha256``
+    file beside it, as for text8.
+    """
+    root = Path(root) if root is not None else data_dir()
+    python = f"{sys.implementation.name}{platform.python_version()}"
+    return root / f"fallback-{python}-v{OFFLINE_FORMAT}.u8"
+
+
+def _offline_ids(root=None) -> np.ndarray:
+    out = offline_path(root)
+    if _cached_ok(out):
+        return np.fromfile(out, dtype=np.uint8)
+    payload = encode(offline_text()).tobytes()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomic(out.parent, out, payload)
+        _write_atomic(out.parent, out.with_name(out.name + ".sha256"),
+                      (hashlib.sha256(payload).hexdigest() + f"  {out.name}\n").encode())
+    except OSError:
+        pass    # an unusable data folder: the corpus works from memory, it is only rebuilt
+    return np.frombuffer(payload, dtype=np.uint8)
+
+
+def _offline_name() -> str:
+    v = sys.version_info
+    return f"fallback (Python {v.major}.{v.minor} docs, docstrings and comments)"
+
+
+def _warn_fallback(err: DataError, chars: int) -> None:
+    global _fallback_warned
+    if _fallback_warned:
+        return
+    _fallback_warned = True
+    reason = " ".join(str(err).split()).split(". ")[0].rstrip(".")
+    v = sys.version_info
+    warnings.warn(f"text8 is not available ({reason}).\nUsing the offline corpus: {chars:,} "
+                  f"characters of Python {v.major}.{v.minor}'s docs, docstrings and comments.\n"
+                  f"Its bits/char are NOT text8 numbers; load_corpus('text8', fallback=False) "
+                  f"says how to get text8.", FallbackWarning, stacklevel=3)
+
+
+def load_corpus(name: str = "text8", *, fallback: bool = True, root=None, **text8_kwargs) -> Corpus:
+    """Load a corpus split 90/5/5 by position (lesson 9).
+
+    ``name`` is ``"text8"`` (downloaded and cached; memory-mapped), ``"fallback"`` (the offline
+    corpus, :func:`offline_text`, cached in ``root`` or :func:`data_dir`), ``"pydoc"`` (its small
+    first part, :func:`pydoc_text`) or the path of a text file already in text8 format (e.g. the
+    corpus that benchmarks/make_doc_corpus.py writes). With ``fallback=True`` a text8 that cannot
+    be obtained is replaced by the offline corpus, with one :class:`FallbackWarning` per process;
+    with ``fallback=False`` the DataError is raised.
+
+    The offline corpus is ordered by file (the pydoc topics first, then the standard library in
+    sorted order of path), so its valid and test splits are the last modules of that order, whole
+    files that training never saw, except the one file each cut passes through (CPython 3.11:
+    valid runs from the middle of ``typing.py`` through ``unittest`` and ``urllib`` to
+    ``wsgiref``, test from ``wsgiref`` to ``zoneinfo``).
     """
     if name == "text8":
         try:
@@ -282,22 +537,18 @@ def load_corpus(name: str = "text8", *, fallback: bool = True, root=None, **text
         except DataError as err:
             if not fallback:
                 raise
-            # Loud on purpose: a banner on stderr (seen in notebooks and logs even where warnings
-            # are filtered) and a warning (catchable by callers and tests).
-            print("\n" + "!" * 78 + "\n!! text8 is NOT available, so this run uses the FALLBACK "
-                  "corpus (Python's pydoc\n!! topics, ~450K characters). Its bits/char are NOT "
-                  "text8 numbers.\n!! Reason: " + " ".join(str(err).split()) + "\n" + "!" * 78,
-                  file=sys.stderr)
-            warnings.warn("text8 is not available: using the FALLBACK corpus (pydoc topics); "
-                          "its numbers are NOT text8 numbers", stacklevel=2)
-            return load_corpus("fallback")
+            ids = _offline_ids(root)
+            _warn_fallback(err, len(ids))
+            return _split(ids, _offline_name(), False)
         return _split(np.memmap(path, dtype=np.uint8, mode="r"), "text8", True)
     if name == "fallback":
-        return _split(encode(fallback_text()), "fallback (pydoc topics)", False)
+        return _split(_offline_ids(root), _offline_name(), False)
+    if name == "pydoc":
+        return _split(encode(pydoc_text()), "pydoc (Python's pydoc topics)", False)
     path = Path(name)
     if not path.is_file():
-        raise ValueError(f"corpus must be 'text8', 'fallback' or the path of a text8-format text "
-                         f"file; {name!r} is none of these")
+        raise ValueError(f"corpus must be 'text8', 'fallback', 'pydoc' or the path of a "
+                         f"text8-format text file; {name!r} is none of these")
     return _split(encode(path.read_text(encoding="ascii").strip()), path.name, False)
 
 
@@ -349,4 +600,5 @@ def eval_chunks(data: np.ndarray, length: int, max_chunks: int | None = None) ->
 __all__ = ["TEXT8_URL", "TEXT8_ZIP_BYTES", "TEXT8_ZIP_MD5", "TEXT8_CHARS", "SPLIT_FRACTIONS",
            "ALPHABET", "VOCAB_SIZE", "MASK_ID", "MASK_CHAR", "DataError", "text8_normalize",
            "encode", "decode", "data_dir", "download", "text8_path", "Corpus", "load_corpus",
-           "fallback_text", "CropSampler", "eval_chunks"]
+           "FallbackWarning", "OFFLINE_FORMAT", "pydoc_text", "fallback_text", "StdlibProse",
+           "stdlib_prose", "offline_text", "offline_path", "CropSampler", "eval_chunks"]

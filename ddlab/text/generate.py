@@ -75,6 +75,43 @@ def generate(rm, schedule, model, batch: int, d: int, steps: int, sampler: str =
                        device=device)
 
 
+def reverse_frames(rm, schedule, model, d: int, steps: int, sampler: str = "tweedie", *,
+                   seed: int = 0, t_min: float = 1e-5) -> torch.Tensor:
+    """One sample's reverse chain on text, frame by frame: (steps + 2, d) token ids (lesson 9).
+
+    Frame 0 is the start (all MASK for absorbing noise), frame k the sequence the network scored at
+    step k, the last frame the finished sample: exactly the states :func:`generate` passes
+    through with the same seed, recorded by wrapping the score function rather than by a second
+    sampler. ``ddlab.widgets.unmasking_view`` shows them with a slider.
+    """
+    seen = []
+
+    def recording_score_fn(x_t, sigma_bar):
+        seen.append(x_t[0].clone())
+        return model.score_fn(x_t, sigma_bar)
+
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    final = run_sampler(rm=rm, schedule=schedule, score_fn=recording_score_fn, batch=1, d=d,
+                        steps=steps, method=sampler, generator=gen, t_min=t_min, device=device)
+    return torch.stack(seen + [final[0]]).cpu()
+
+
+def frame_text(frames: torch.Tensor, k: int, width: int = 64) -> dict:
+    """Frame ``k`` of :func:`reverse_frames` as the slider of lesson 9 shows it: ``{"text"}``
+    (MASK as ``_``, wrapped at ``width`` characters), ``{"masked"}`` (the fraction still masked)
+    and ``{"changed"}`` (positions that differ from frame k - 1)."""
+    k = int(k)
+    if not 0 <= k < len(frames):
+        raise ValueError(f"frame k must be in 0..{len(frames) - 1}, got {k}")
+    x = frames[k]
+    text = decode(x).replace(MASK_CHAR, "_")
+    lines = [text[i:i + width] for i in range(0, len(text), width)]
+    changed = int((frames[k] != frames[k - 1]).sum()) if k else 0
+    return {"text": "\n".join(lines), "masked": float((x == len(ALPHABET)).double().mean()),
+            "changed": changed}
+
+
 def sample_quality(rm, schedule, model, ar_model, steps_list, samplers=("euler", "tweedie"), *,
                    batch: int = 16, d: int | None = None, seed: int = 0, log=None) -> list[dict]:
     """One row per (sampler, steps): how the AR baseline scores ``batch`` samples (lesson 9).
@@ -165,7 +202,7 @@ def main(argv=None) -> list[str]:
     return run_cli(_main, argv)
 
 
-__all__ = ["make_clamp", "text8_option", "generate", "sample_quality",
+__all__ = ["make_clamp", "text8_option", "generate", "reverse_frames", "frame_text", "sample_quality",
            "generative_bpc_curve", "main"]
 
 

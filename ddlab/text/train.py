@@ -223,9 +223,20 @@ def select_device(cfg: TrainConfig, rank: int) -> torch.device:
     if device.type == "cuda" and distributed():
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
         torch.cuda.set_device(device)
-    if cfg.threads > 0 and device.type == "cpu":
-        torch.set_num_threads(cfg.threads)
+    if device.type == "cpu":
+        torch.set_num_threads(cfg.threads or cpu_threads())
     return device
+
+
+def cpu_threads() -> int:
+    """The CPU threads a run uses by default (``--threads 0``): every core this process may use,
+    shared among the ranks of a CPU DDP run. On a machine shared with other work pass
+    ``--threads 1``: a thread that waits for a busy core stalls the whole step."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:                 # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // rank_and_world()[1])
 
 
 def make_runner(objective: Objective, cfg: TrainConfig, device: torch.device) -> nn.Module:
@@ -262,6 +273,8 @@ class LossLog:
         self.step0, self.tokens_per_step = step, tokens_per_step
         self.pending: list[torch.Tensor] = []
         self.t_start = time.perf_counter()
+        # wall-clock seconds of training so far, carried over a resumption (curves against time)
+        self.seconds0 = history[-1].get("seconds", 0.0) if history else 0.0
 
     def seconds(self) -> float:
         return time.perf_counter() - self.t_start
@@ -290,7 +303,9 @@ class LossLog:
             raise TrainingDiverged(f"{what}; stopping ({where}). Lower --lr, raise --warmup, clip "
                                    f"harder (a smaller --grad_clip > 0) or pass --bf16 false, "
                                    f"then rerun with --resume (these may change on resume).")
-        self.history.extend({"step": first + k, "loss_bpc": float(v)} for k, v in enumerate(vals))
+        now = round(self.seconds0 + self.seconds(), 3)     # each flushed step gets the flush time
+        self.history.extend({"step": first + k, "loss_bpc": float(v), "seconds": now}
+                            for k, v in enumerate(vals))
         if self.bar is not None:
             rate = self.tokens_per_s(step, self.seconds())
             self.bar.set_postfix(loss=f"{vals[-1] * LN2:.3f}", bpc=f"{vals[-1]:.3f}",
@@ -417,7 +432,8 @@ def resume_run(out: Path, cfg: TrainConfig, model, ema: EMA, opt, sampler, noise
 def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, log=None) -> dict:
     """Train per ``cfg``; returns {"history", "final_valid_bpc", "steps", "tokens_per_s", ...}.
 
-    ``history`` holds one {"step", "loss_bpc"} per step (loss in bits/char); ``model`` is the
+    ``history`` holds one {"step", "loss_bpc", "seconds"} per step (loss in bits/char; seconds of
+    training when the loss was logged, every ``log_every`` steps); ``model`` is the
     trained network (last weights; the EMA weights are in the checkpoint, see
     ``ddlab.text.checkpoint.load_model``). Under DDP (a process group already initialised, e.g.
     by torchrun via :func:`main`) every rank trains on its own batches and only rank 0 writes to
@@ -430,6 +446,14 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, lo
     rank, world = rank_and_world()
     log = log or (lambda *a: print(*a, flush=True)) if rank == 0 else (lambda *a: None)
     check_config(cfg)                  # before anything is loaded, built or written
+    threads = torch.get_num_threads()  # restored at the end: a notebook's other cells keep theirs
+    try:
+        return _locked_train(cfg, resume, overwrite, log, rank, world)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _locked_train(cfg, resume, overwrite, log, rank, world) -> dict:
     device = select_device(cfg, rank)
     out = Path(cfg.out)
     corpus = load_corpus(cfg.data, fallback=cfg.fallback)
