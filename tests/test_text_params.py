@@ -185,3 +185,48 @@ def test_unigram_samples_follow_the_letter_frequencies():
         assert abs(freq[k].item() - p) < 0.0165
     assert freq.sum().item() == pytest.approx(1.0) and freq[[0, 1, 26]].sum().item() == 1.0
     assert math.isclose(metrics.unigram_entropy(torch.tensor([[0, 0, 1, 1]])), 1.0)
+
+
+def test_reverse_frames_are_the_states_generate_passes_through():
+    from ddlab.text import generate
+    model = _randomised(DiffusionTransformer(ModelConfig(param="denoiser", **SMALL)), seed=5)
+    rm, schedule = ddlab.Absorbing(28), ddlab.LogLinear(1e-3)
+    frames = generate.reverse_frames(rm, schedule, model, 16, 8, seed=3)
+    assert frames.shape == (8 + 2, 16)              # start, one per scored step (8 + the final
+    assert torch.all(frames[0] == 27)               # denoising step), and the finished sample
+    with torch.no_grad():
+        x = generate.generate(rm, schedule, model, 1, 16, 8, seed=3)
+    assert torch.equal(frames[-1], x[0])
+    masked = (frames == 27).sum(1)
+    assert torch.all(masked[1:] <= masked[:-1])     # absorbing reverse chain: masks only go
+    first = generate.frame_text(frames, 0)
+    assert first["masked"] == 1.0 and first["text"] == "_" * 16 and first["changed"] == 0
+    last = generate.frame_text(frames, len(frames) - 1, width=5)
+    assert last["masked"] == 0.0 and last["text"].split("\n")[0] == data_decode(x[0])[:5]
+    assert generate.frame_text(frames, 4)["changed"] == int((frames[4] != frames[3]).sum())
+    with pytest.raises(ValueError, match="frame k must be in 0..9"):
+        generate.frame_text(frames, 10)
+
+
+def data_decode(x):
+    from ddlab.text import data
+    return data.decode(x)
+
+
+def test_ar_generate_draws_from_the_model():
+    """A fresh AR network has zero logits: its samples are uniform over the 27 characters."""
+    from ddlab.text import generate
+    ar = DiffusionTransformer(ModelConfig(objective="ar", adaln=False, **SMALL)).eval()
+    x = generate.ar_generate(ar, 200, 16, seed=0)
+    assert x.shape == (200, 16) and x.max() < 27
+    freq = torch.bincount(x.flatten(), minlength=27).double() / x.numel()
+    assert (freq - 1 / 27).abs().max() < 0.015      # 3,200 draws: se 0.0036 per character
+    assert torch.equal(x, generate.ar_generate(ar, 200, 16, seed=0))
+    # a trained-looking model: make "a" (id 0) certain after anything; every sample is then "aaa.."
+    with torch.no_grad():
+        ar.head.bias[0] = 50.0
+    assert torch.all(generate.ar_generate(ar, 4, 8, seed=1) == 0)
+    with pytest.raises(ValueError, match="needs an 'ar' model"):
+        generate.ar_generate(DiffusionTransformer(ModelConfig(**SMALL)), 2, 8)
+    with pytest.raises(ValueError, match="exceeds the model's seq_len"):
+        generate.ar_generate(ar, 2, 17)
