@@ -71,3 +71,21 @@ def test_run_lesson_runs_cells_in_order_and_stops_at_a_failure(tmp_path, capsys,
     assert runner["main"]([bad]) == 1
     out = capsys.readouterr()
     assert "FAILED in cell 2" in out.out and "never" not in out.out and "boom" in out.err
+
+
+@pytest.mark.parametrize("objective", ["absorb", "ar"])
+def test_cpu_recipe_point_trains_measures_and_records(corpus_file, tmp_path, monkeypatch, objective):
+    import importlib.util
+    monkeypatch.chdir(tmp_path)
+    spec = importlib.util.spec_from_file_location("cpu_recipe", BENCH / "cpu_recipe.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = mod.main(["--name", "p", "--data", corpus_file, "--max_steps", "3", "--seq_len", "16",
+                    "--batch_size", "2", "--n_layer", "1", "--d_model", "16", "--n_head", "2",
+                    "--cond_dim", "8", "--eval_chunks", "2", "--samples", "2", "--gen_steps", "2",
+                    "--objective", objective, "--threads", "1"])
+    assert out["steps"] == 3 and out["threads"] == 1
+    assert math.isnan(out["word_rate"]) or 0 <= out["word_rate"] <= 1
+    assert 3.0 < out["valid_bpc"] < 6.0          # three steps from log2 27 = 4.75
+    assert (tmp_path / "runs" / "cpu_recipe" / "p" / "ckpt.pt").is_file()
+    assert len((tmp_path / "runs" / "cpu_recipe.jsonl").read_text().splitlines()) == 1
