@@ -230,3 +230,14 @@ def test_ar_generate_draws_from_the_model():
         generate.ar_generate(DiffusionTransformer(ModelConfig(**SMALL)), 2, 8)
     with pytest.raises(ValueError, match="exceeds the model's seq_len"):
         generate.ar_generate(ar, 2, 17)
+
+
+def test_train_or_load_retrains_over_weights_of_another_layout(corpus_file, tmp_path):
+    cfg = _tiny_run(corpus_file, tmp_path / "run")
+    train.train_or_load(cfg, log=lambda *a: None)
+    ck = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=True)
+    ck["model"] = {"renamed." + k: v for k, v in ck["model"].items()}    # an older layout
+    torch.save(ck, tmp_path / "run" / "ckpt.pt")
+    (tmp_path / "run" / "metrics.json").touch()                         # still "finished"
+    assert train.finished_run(cfg) is None
+    assert train.train_or_load(cfg, log=lambda *a: None)["steps"] == 3

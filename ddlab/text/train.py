@@ -580,7 +580,10 @@ def finished_run(cfg: TrainConfig) -> dict | None:
     if ck.get("corpus") != load_corpus(cfg.data, fallback=cfg.fallback).name:
         return None            # same name, other text (text8 appeared, or another fallback)
     model = build_model(cfg)
-    model.load_state_dict(ck["model"])
+    try:
+        model.load_state_dict(ck["model"])
+    except RuntimeError:       # weights of an older network layout: not this run any more
+        return None
     return {**metrics, "history": ck["history"], "model": model.eval()}
 
 
