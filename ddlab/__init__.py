@@ -7,7 +7,8 @@ neural model. Where each piece is introduced:
 module                 what                                                        lesson
 =====================  ==========================================================  ======
 rate_matrices          RateMatrix, Uniform, Absorbing and their per-token methods  1, 3, 5
-schedules              LogLinear, Geometric                                        1
+schedules              LogLinear, Geometric; masking schedules Polynomial, Cosine, 1, 10
+                       make_schedule
 exact                  marginal, concrete_score, reverse_rate_matrix, posterior,   1, 2
                        tweedie_denoiser
 paths                  exact Gillespie paths, forward and reverse                  1, 2
@@ -17,10 +18,14 @@ plotting               the course figure style and save_figure                  
 losses                 SE, ISE, DSE, CSM and their exact floors; the one Monte     3, 4
                        Carlo DWDSE and its stratified time sampler
 toy                    toy score networks and their training loop                  4
-sampling               exact reverse simulation, Euler and Tweedie tau-leaping     5
+sampling               exact reverse simulation, Euler and Tweedie tau-leaping;    5, 10, 11
+                       MDLM / ReMDM, confidence order, predictor-corrector,
+                       temperature, the cache, Gumbel-max; each sampler's exact law
 likelihood             nll_bound (DWDSE + prior) and exact NLL                     6
 sequences              product spaces, Hamming-1 ratios, exact_score_fn, infill   7
-mdlm                   masked diffusion as a weighted cross-entropy                8
+mdlm                   masked diffusion as a weighted cross-entropy; its bound     8, 10
+                       exact in x_t and the variance of its estimate
+discrete_time          D3PM's T-step bound against the continuous one              10
 text                   the text world: data, model, config, checkpoint, train,      9
                        evaluate, generate (text8, the transformer, training,
                        bits/char, generation and infilling)
@@ -29,8 +34,8 @@ sample
 =====================  ==========================================================  ======
 """
 
-from . import (course, exact, likelihood, losses, mdlm, paths, plotting, rate_matrices,
-               sampling, schedules, sequences, text, toy, widgets)
+from . import (course, discrete_time, exact, likelihood, losses, mdlm, paths, plotting,
+               rate_matrices, sampling, schedules, sequences, text, toy, widgets)
 from ._checks import skip_value_checks
 from .text.data import load_corpus, text8_normalize
 from .text.model import DiffusionTransformer, ModelConfig
@@ -40,7 +45,7 @@ from .likelihood import exact_nll, nll_bound
 from .paths import gillespie, reverse_gillespie, reverse_kernel, reverse_ode, reverse_paths
 from .plotting import save_figure
 from .rate_matrices import Absorbing, RateMatrix, Uniform, sample_categorical
-from .schedules import Geometric, LogLinear
+from .schedules import Cosine, Geometric, LogLinear, Polynomial, make_schedule
 from .sequences import (condition, exact_reverse_kernel, exact_score_fn, factorisation_kl,
                         joint_posterior, markov_toy, parity_toy, product_marginal, words_toy)
 
@@ -48,7 +53,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "RateMatrix", "Uniform", "Absorbing", "sample_categorical",
-    "LogLinear", "Geometric",
+    "LogLinear", "Geometric", "Polynomial", "Cosine", "make_schedule",
     "marginal", "concrete_score", "reverse_rate_matrix", "posterior", "tweedie_denoiser",
     "kl_divergence",
     "gillespie", "reverse_kernel", "reverse_paths", "reverse_gillespie", "reverse_ode",

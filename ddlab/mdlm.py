@@ -34,6 +34,8 @@ tokens (entry MASK is 0); a denoiser function is ``denoiser_fn(x_t, sigma_bar) -
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ._checks import (as_float, as_int, as_real, as_tokens, check_clamp, check_schedule,
@@ -41,6 +43,7 @@ from ._checks import (as_float, as_int, as_real, as_tokens, check_clamp, check_s
 from ._numerics import log_expm1
 from .losses import LOG_FLOOR, dwdse, stratified_stderr, stratified_times
 from .rate_matrices import Absorbing, sample_categorical
+from .sampling import EvaluationCache, mdlm_step_probs
 
 
 def _check_batch(x, n: int, name: str) -> torch.Tensor:
@@ -192,60 +195,53 @@ def score_entropy_offset(sigma_bar) -> torch.Tensor:
 # ------------------------------------------------------------------------------ the sampler
 
 
-def mdlm_step_probs(probs, x_t, sigma_bar_t, sigma_bar_s) -> torch.Tensor:
-    """MDLM's ancestral step ``p(x_s | x_t)`` per token, shape (B, d, n) (lesson 8).
-
-    With ``alpha = exp(-sigma_bar)`` and ``sigma_bar_s <= sigma_bar_t``: a masked token becomes
-    clean y with probability ``(alpha_s - alpha_t) / (1 - alpha_t) * probs[y]`` and stays masked
-    with probability ``(1 - alpha_s) / (1 - alpha_t)``; an unmasked token stays. Written with the
-    alphas directly, independently of the rate-matrix code, so that lesson 8 can hold it against
-    ``Absorbing.tweedie_probs``.
-    """
-    probs = as_float(probs)
-    n = probs.shape[-1]
-    x_t = _check_batch(x_t, n, "x_t")
-    probs = _check_probs(probs, x_t, n)
-    sbt = per_sequence_sigma_bar(sigma_bar_t, x_t.shape[0], positive=True).to(probs.dtype)
-    sbs = check_sigma_bar(sigma_bar_s, "sigma_bar_s").to(probs.dtype)
-    sbs = torch.broadcast_to(sbs.reshape(-1, 1) if sbs.dim() else sbs, sbt.shape)
-    if (sbs > sbt * (1 + 1e-12)).any():
-        raise ValueError("sigma_bar_s must be <= sigma_bar_t: the reverse step goes towards less "
-                         "noise")
-    a_t, a_s = torch.exp(-sbt), torch.exp(-sbs)
-    reveal = (a_s - a_t) / (1 - a_t)                      # (B, 1)
-    stay = (1 - a_s) / (1 - a_t)
-    clean = probs[..., : n - 1] / probs[..., : n - 1].sum(-1, keepdim=True).clamp_min(1e-300)
-    step = torch.cat([reveal[..., None] * clean, stay[..., None].expand(*x_t.shape, 1)], -1)
-    onehot = torch.nn.functional.one_hot(x_t, n).to(probs.dtype)
-    return torch.where((x_t == n - 1)[..., None], step, onehot)
-
-
 def mdlm_sample(schedule, denoiser_fn, batch: int, d: int, n: int, steps: int, *, t_min=1e-5,
-                clamp=None, generator=None) -> torch.Tensor:
-    """MDLM's ancestral sampler, from all-MASK to clean tokens (lesson 8).
+                clamp=None, generator=None, cache: bool = False, return_stats: bool = False,
+                device=None):
+    """MDLM's ancestral sampler, from all-MASK to clean tokens (lessons 8 and 10).
 
     Time grid ``t_k`` linear from 1 to ``t_min`` in ``steps`` steps, then one last step from
     ``sigma_bar(t_min)`` to 0, which reveals every token still masked (as ``ddlab.sampling.sample``
     does with ``denoise=True``). ``clamp = (positions, values)`` as in ``ddlab.sampling.sample``
     pins those positions (prompting, infilling). Returns (batch, d) int64 with no MASK left.
+
+    ``cache=True`` is the caching sampler: a step that reveals nothing leaves x_t as it was, so a
+    *time-agnostic* denoiser would return what it returned before, and the call is skipped (per
+    sequence: only the sequences that changed are given to ``denoiser_fn``). The law is then
+    unchanged (``ddlab.sampling.exact_sampler_distribution(..., cache=True)`` is its exact twin),
+    and one sequence costs at most ``min(steps, d) + 1`` evaluations whatever the number of steps
+    (``ddlab.sampling.expected_evaluations`` is the mean). A denoiser that reads sigma_bar is
+    time-dependent: caching then reuses an output computed at an earlier time and changes the law.
+    ``return_stats`` also returns ``{"network_calls", "evaluations", "steps"}`` (calls of
+    ``denoiser_fn``, sequences given to it, steps). ``device``: where the tokens live (default:
+    the generator's device, else CPU).
     """
     steps, batch = as_int(steps, "steps", 1), as_int(batch, "batch", 1)
     d, n = as_int(d, "d", 1), as_int(n, "n", 2)
     t_min = as_real(t_min, "t_min", 0.0, 1.0)
     check_schedule(schedule)
-    x = torch.full((batch, d), n - 1, dtype=torch.long)
-    clamp = check_clamp(clamp, batch, d, n - 1)            # clean tokens only
-    pos, val = ((torch.zeros(batch, d, dtype=torch.bool), torch.zeros(batch, d, dtype=torch.long))
+    if not isinstance(cache, bool):
+        raise ValueError(f"cache must be True or False, got {cache!r}")
+    if device is None:
+        device = generator.device if generator is not None else torch.device("cpu")
+    x = torch.full((batch, d), n - 1, dtype=torch.long, device=device)
+    clamp = check_clamp(clamp, batch, d, n - 1, device)    # clean tokens only
+    pos, val = ((torch.zeros_like(x, dtype=torch.bool), torch.zeros_like(x))
                 if clamp is None else clamp)
     ts = torch.linspace(1.0, t_min, steps + 1, dtype=torch.float64)
     sbs = [schedule.sigma_bar(t).to(torch.float64) for t in ts] + [torch.tensor(0.0, dtype=torch.float64)]
+    model = EvaluationCache(denoiser_fn, cache)
     for k in range(len(sbs) - 1):
         x = torch.where(pos, val, x)
-        sb_t = sbs[k].expand(batch)
-        probs = as_float(denoiser_fn(x, sb_t), torch.float64)
-        step = mdlm_step_probs(probs, x, sb_t, sbs[k + 1])
+        sb_t = sbs[k].to(device).expand(batch)
+        out, _ = model(x, sb_t)
+        probs = as_float(out, torch.float64)
+        step = mdlm_step_probs(probs, x, sb_t, sbs[k + 1].to(device))
         x = sample_categorical(step, generator)
-    return torch.where(pos, val, x)
+    x = torch.where(pos, val, x)
+    if return_stats:
+        return x, {**model.stats(), "steps": len(sbs) - 1}
+    return x
 
 
 def mdlm_nll_bound(schedule, denoiser_fn, x0, n: int, num_t: int = 64, *, t_min: float = 1e-5,
@@ -268,9 +264,23 @@ def mdlm_nll_bound(schedule, denoiser_fn, x0, n: int, num_t: int = 64, *, t_min:
     t_min = as_real(t_min, "t_min", 0.0, 1.0)
     check_schedule(schedule)
     t = stratified_times(num_t, t_min, batch=x0.shape[0], generator=generator)   # (num_t, B)
+    log_score_fn = _denoiser_as_log_score(denoiser_fn, x0, n)
+    terms = torch.stack([dwdse(rm, log_score_fn, x0, schedule.sigma_bar(t[k]).to(torch.float64),
+                               schedule.sigma(t[k]) * (1 - t_min), generator=generator)
+                         for k in range(num_t)])                  # (num_t, B)
+    est = terms.mean(0)
+    if return_stderr:
+        return est, stratified_stderr(terms)
+    return est
 
+
+def _denoiser_as_log_score(denoiser_fn, x0, n: int):
+    """The log-ratios the MDLM bounds feed to ``losses.dwdse``: the denoiser as a SEDD score.
+
+    With them the DWDSE integrand is MDLM's weighted cross-entropy, term by term (lesson 8).
+    ``x0`` is the batch the score function will be called for (the check reads its tokens).
+    """
     def log_score_fn(x_t, sb):
-        # the denoiser as a SEDD score (lesson 8): the DWDSE integrand is then MDLM's, term by term
         log_p = torch.log(as_float(denoiser_fn(x_t, sb), torch.float64).clamp_min(0))
         at_x0 = torch.gather(log_p, -1, x0[..., None])[..., 0]
         if not torch.isfinite(at_x0[x_t == n - 1]).all():
@@ -279,14 +289,7 @@ def mdlm_nll_bound(schedule, denoiser_fn, x0, n: int, num_t: int = 64, *, t_min:
         # probability 0 at a wrong token is a ratio 0 whose target r_y is 0 too: its log is
         # floored like nll_bound's (the loss changes by e^-50 r per such entry)
         return log_score_from_denoiser(log_p.clamp_min(LOG_FLOOR), x_t, sb)
-
-    terms = torch.stack([dwdse(rm, log_score_fn, x0, schedule.sigma_bar(t[k]).to(torch.float64),
-                               schedule.sigma(t[k]) * (1 - t_min), generator=generator)
-                         for k in range(num_t)])                  # (num_t, B)
-    est = terms.mean(0)
-    if return_stderr:
-        return est, stratified_stderr(terms)
-    return est
+    return log_score_fn
 
 
 __all__ = [
@@ -402,3 +405,165 @@ def plot_loss_integrands(schedule, denoiser_fn, p0, t, ax=None):
 
 
 __all__ += ["smoothed_denoiser_fn", "expected_integrands", "plot_loss_integrands"]
+
+
+# ------------------------------------------------------------------ lesson 10: the exact bound
+#
+# Under absorbing noise x_t given x0 is x0 with a random set M of positions masked, each
+# independently with probability 1 - alpha: 2^d patterns, pattern M with probability
+# (1 - alpha)^|M| alpha^(d - |M|). Enumerating them gives every expectation over x_t exactly.
+
+
+def masking_patterns(d: int) -> torch.Tensor:
+    """All 2^d subsets of d positions as a (2^d, d) bool tensor, row j the binary digits of j.
+
+    The masking patterns of lesson 10: x_t given x0 is x0 with one of them masked."""
+    from .sequences import all_sequences
+    return all_sequences(2, as_int(d, "d", 1)).bool()
+
+
+def exact_integrand_moments(denoiser_fn, x0, n: int, sigma_bar):
+    """``E[S]`` and ``E[S^2]`` for ``S = sum_i DSE_i(x_t, x0, sigma_bar)``, x_t ~ p(. | x0) (lesson 10).
+
+    S is the score entropy of the denoiser read as a SEDD score, the quantity ``mdlm_nll_bound``
+    draws one sample of per time (through ``losses.dwdse``); for a normalised denoiser
+    ``S = r sum_{masked i} -log p_theta(x0_i | x_t)`` with ``r = 1 / (e^{sigma_bar} - 1)``.
+    Exact: the expectation runs over the 2^d masking patterns of each x0, each with its
+    probability. ``x0`` (B, d) without MASK; ``sigma_bar`` > 0, a scalar or shape (T,); returns
+    ``(m1, m2)``, float64 of shape (B,) or (T, B). One denoiser call on T * B * 2^d sequences.
+    """
+    rm = Absorbing(as_int(n, "n", 2))
+    x0 = _check_batch(x0, n, "x0")
+    if (x0 == n - 1).any():
+        raise ValueError("x0 holds the MASK token; clean data never contains MASK")
+    sb = check_sigma_bar(sigma_bar, dtype=torch.float64)
+    if sb.dim() > 1:
+        raise ValueError(f"sigma_bar must be a scalar or of shape (T,), got shape {tuple(sb.shape)}")
+    if (sb == 0).any():
+        raise ValueError("sigma_bar must be > 0: at sigma_bar = 0 nothing is masked and the "
+                         "ratio r = 1 / (e^sigma_bar - 1) is infinite")
+    sbs = sb.reshape(-1)
+    B, d = x0.shape
+    masks = masking_patterns(d)                                          # (P, d)
+    k = masks.sum(-1).to(torch.float64)                                  # masked count per pattern
+    # pattern probabilities (1 - alpha)^k alpha^(d - k), in logs: 1 - alpha = -expm1(-sigma_bar)
+    log_prob = k * torch.log(-torch.expm1(-sbs))[:, None] - (d - k) * sbs[:, None]   # (T, P)
+    prob = torch.exp(log_prob)
+    T, P = sbs.shape[0], masks.shape[0]
+    x_t = torch.where(masks[None], n - 1, x0[:, None, :])                # (B, P, d)
+    x_rows = x_t[None].expand(T, B, P, d).reshape(-1, d)
+    x0_rows = x0[None, :, None].expand(T, B, P, d).reshape(-1, d)
+    sb_rows = sbs[:, None, None].expand(T, B, P).reshape(-1)
+    values = dwdse(rm, _denoiser_as_log_score(denoiser_fn, x0_rows, n), x0_rows, sb_rows,
+                   torch.ones((), dtype=torch.float64), x_t=x_rows)
+    values = values.to(torch.float64).reshape(T, B, P)
+    if not torch.isfinite(values).all():
+        raise ValueError("the score entropy came out infinite or NaN; check the denoiser")
+    m1 = (prob[:, None, :] * values).sum(-1)
+    m2 = (prob[:, None, :] * values ** 2).sum(-1)
+    if sb.dim() == 0:
+        return m1[0], m2[0]
+    return m1, m2
+
+
+def _log_t_rule(a: float, b: float, num_nodes: int):
+    """Gauss-Legendre nodes and weights for int_a^b f(t) dt in the variable log t, 0 < a < b.
+
+    [a, b] is cut into pieces of at most a factor 10 in t, each with ``num_nodes`` nodes: the
+    masking integrands behave like powers of t near t = 0 (1/t for the weight of LogLinear),
+    which are smooth in log t.
+    """
+    import numpy as np
+    pieces = max(1, math.ceil(math.log10(b / a)))
+    u, w = np.polynomial.legendre.leggauss(num_nodes)
+    edges = np.exp(np.linspace(math.log(a), math.log(b), pieces + 1))
+    ts, ws = [], []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        half = (math.log(hi) - math.log(lo)) / 2
+        v = math.log(lo) + half * (u + 1)
+        ts.append(np.exp(v))
+        ws.append(half * w * np.exp(v))                      # dt = t d(log t)
+    return (torch.as_tensor(np.concatenate(ts), dtype=torch.float64),
+            torch.as_tensor(np.concatenate(ws), dtype=torch.float64))
+
+
+def _check_bound_args(schedule, t_min, num_nodes):
+    check_schedule(schedule)
+    t_min = as_real(t_min, "t_min", 0.0, 1.0, lo_closed=True)
+    num_nodes = as_int(num_nodes, "num_nodes", 1)
+    return t_min, num_nodes
+
+
+def exact_mdlm_bound(schedule, denoiser_fn, x0, n: int, *, t_min: float = 1e-5,
+                     num_nodes: int = 64, variable: str = "alpha") -> torch.Tensor:
+    """What ``mdlm_nll_bound`` converges to: ``int_{t_min}^1 sigma(t) E[S_t] dt``, exact in x_t.
+
+    The exact twin of :func:`mdlm_nll_bound` (lesson 10), per sequence, float64 (B,), with the
+    expectation over x_t by enumeration (:func:`exact_integrand_moments`) and the integral by
+    quadrature in one of two variables:
+
+    * ``variable="alpha"`` (default): substitute ``alpha = e^{-sigma_bar(t)}``, so
+      ``sigma(t) dt = d sigma_bar = -d alpha / alpha`` and the integral is
+      ``int_{alpha(1)}^{alpha(t_min)} E[S](alpha) / alpha d alpha``. The schedule is gone from
+      the integrand: it only sets the two endpoints. ``num_nodes`` Gauss-Legendre nodes in
+      alpha; for a time-agnostic denoiser ``E[S] / alpha`` is a polynomial of degree d - 1 in
+      alpha and ``ceil(d / 2)`` nodes are already exact.
+    * ``variable="t"``: the integral on the schedule's own clock, Gauss-Legendre in log t with
+      ``num_nodes`` nodes per factor 10 of t (t_min > 0 needed). The integrand differs from one
+      schedule to the next; its integral does not.
+    """
+    t_min, num_nodes = _check_bound_args(schedule, t_min, num_nodes)
+    if variable == "alpha":
+        import numpy as np
+        a_lo = math.exp(-float(schedule.sigma_bar(1.0)))
+        a_hi = math.exp(-float(schedule.sigma_bar(t_min)))
+        u, w = np.polynomial.legendre.leggauss(num_nodes)
+        half = (a_hi - a_lo) / 2
+        alpha = torch.as_tensor(a_lo + half * (u + 1), dtype=torch.float64)
+        m1, _ = exact_integrand_moments(denoiser_fn, x0, n, -torch.log(alpha))
+        return (torch.as_tensor(half * w, dtype=torch.float64)[:, None] * m1
+                / alpha[:, None]).sum(0)
+    if variable == "t":
+        if t_min <= 0:
+            raise ValueError("variable='t' needs t_min > 0: its nodes are placed in log t")
+        t, w = _log_t_rule(t_min, 1.0, num_nodes)
+        m1, _ = exact_integrand_moments(denoiser_fn, x0, n, schedule.sigma_bar(t))
+        return ((w * schedule.sigma(t).to(torch.float64))[:, None] * m1).sum(0)
+    raise ValueError(f"variable must be 'alpha' or 't', got {variable!r}")
+
+
+def mdlm_bound_variance(schedule, denoiser_fn, x0, n: int, num_t: int = 1, *,
+                        t_min: float = 1e-5, num_nodes: int = 24) -> torch.Tensor:
+    """The exact variance of ``mdlm_nll_bound(..., num_t)`` per sequence, float64 (B,) (lesson 10).
+
+    ``mdlm_nll_bound`` averages ``f_j = (1 - t_min) sigma(t_j) S_{t_j}`` over K = num_t strata
+    ``t_j ~ U(stratum j)``, one x_t each, so its variance is
+    ``(1/K^2) sum_j [K (1 - t_min) int_j sigma^2 E[S^2] dt - K^2 (int_j sigma E[S] dt)^2]``.
+    Unlike the mean, this depends on the whole schedule, not only on its endpoints: it is what
+    a choice of schedule changes (lesson 10). Needs t_min > 0 (for LogLinear the variance
+    grows like log(1 / t_min)). Each stratum is integrated in log t (``num_nodes`` per factor
+    10 of t), all in one denoiser call.
+    """
+    t_min, num_nodes = _check_bound_args(schedule, t_min, num_nodes)
+    K = as_int(num_t, "num_t", 1)
+    if t_min <= 0:
+        raise ValueError("the variance needs t_min > 0: near t = 0 the weighted loss has "
+                         "infinite second moment for LogLinear (it grows like log(1 / t_min))")
+    edges = [t_min + (1 - t_min) * j / K for j in range(K + 1)]
+    rules = [_log_t_rule(a, b, num_nodes) for a, b in zip(edges[:-1], edges[1:])]
+    t = torch.cat([r[0] for r in rules])
+    m1, m2 = exact_integrand_moments(denoiser_fn, x0, n, schedule.sigma_bar(t))
+    sig = schedule.sigma(t).to(torch.float64)[:, None]
+    out = torch.zeros(m1.shape[1], dtype=torch.float64)
+    start = 0
+    for tj, wj in rules:
+        rows = slice(start, start + len(tj))
+        start += len(tj)
+        second = K * (1 - t_min) * (wj[:, None] * sig[rows] ** 2 * m2[rows]).sum(0)
+        mean = K * (wj[:, None] * sig[rows] * m1[rows]).sum(0)
+        out += second - mean ** 2
+    return (out / K ** 2).clamp_min(0)
+
+
+__all__ += ["masking_patterns", "exact_integrand_moments", "exact_mdlm_bound",
+            "mdlm_bound_variance"]
