@@ -122,3 +122,56 @@ def test_config_validation():
         m.log_score(torch.zeros(1, 64, dtype=torch.long), 1.0)
     with pytest.raises(ValueError, match="ar_log_probs"):
         _model("ar").log_score(torch.zeros(1, 4, dtype=torch.long), 1.0)
+
+
+def test_complex_rotary_equals_the_rotation_of_real_pairs():
+    """apply_rotary (one complex multiply) computes rotate_pairs (what torch.compile runs), on a
+    strided view of a qkv product as in the attention, forward and backward."""
+    from ddlab.text.model import apply_rotary, rotary_tables, rotate_pairs
+    cos, sin = rotary_tables(16, 8)
+    cos, sin = cos[:, None], sin[:, None]                        # (L, 1, hd / 2)
+    qkv = torch.randn(3, 16, 3, 2, 8, dtype=torch.float64).float().requires_grad_()
+    q = qkv.unbind(2)[1]                                         # (B, L, H, hd), not contiguous
+    a, b = apply_rotary(q, cos, sin), rotate_pairs(q, cos, sin)
+    assert torch.allclose(a, b, atol=1e-6)
+    assert torch.equal(a[:, 0], q[:, 0])                         # position 0 is not rotated
+    pairs = lambda t: t.unflatten(-1, (-1, 2)).norm(dim=-1)      # noqa: E731
+    assert torch.allclose(pairs(a), pairs(q), atol=1e-5)         # rotations keep each pair's norm
+    g = torch.randn_like(a)
+    ga, = torch.autograd.grad(a, qkv, g)
+    gb, = torch.autograd.grad(b, qkv, g)
+    assert torch.allclose(ga, gb, atol=1e-6)
+
+
+def test_bf16_autocast_forward_and_backward():
+    """Under bf16 autocast (as on CUDA; here on the CPU) the rotation runs in float32 and the
+    output follows autocast; the gradient reaches every weight."""
+    m = _model("absorb", randomize=True).train()
+    x = torch.randint(0, 28, (2, 16))
+    ref = m(x, torch.tensor([0.5, 2.0]))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z = m(x, torch.tensor([0.5, 2.0]))
+    assert z.dtype == torch.bfloat16
+    assert (z.float() - ref).abs().max() < 0.05 * ref.abs().max()
+    z.float().sum().backward()
+    assert all(p.grad is not None for p in m.parameters())
+
+
+def test_one_modulation_linear_for_all_blocks_starts_at_zero():
+    """adaLN-zero with one Linear for every block's (shift, scale, gate) x 2 and the final
+    (shift, scale): zero at initialisation, and each block reads its own slice of it."""
+    m = _model("absorb")
+    n, d = SMALL["n_layer"], SMALL["d_model"]
+    assert m.ada.out_features == (6 * n + 2) * d
+    assert torch.all(m.ada.weight == 0) and torch.all(m.ada.bias == 0)
+    with torch.no_grad():                    # open the attention gate of the last block alone
+        m.ada.bias[(6 * (n - 1) + 2) * d:(6 * (n - 1) + 3) * d] = 1.0
+        m.head.weight.normal_()
+        x = torch.randint(0, 28, (2, 8))
+        z = m(x, torch.tensor([0.5, 2.0]))
+        # by hand: the other blocks and the last MLP are still the identity, no shift or scale
+        cos, sin = m.cos[:8, None], m.sin[:8, None]
+        h = m.embed(x)
+        h = h + m.blocks[-1].attention(m.blocks[-1].ln1(h), cos, sin)
+        assert torch.allclose(z, m.head(m.ln_f(h)), atol=1e-5)
+        assert z.abs().max() > 0
