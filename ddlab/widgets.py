@@ -526,3 +526,186 @@ __all__ = ["KINDS", "SCHEDULES", "P0", "CUSTOM_Q", "toy_chain", "toy_schedule", 
 
 __all__ += ["likelihood_toy", "bound_view", "CLAMP_PATTERNS", "CLAMP_NOISES", "clamp_toy",
             "clamp_view", "masked_toy", "mdlm_weight_view"]
+
+
+# ------------------------------------------------------------------ lesson 10: masking schedules
+
+SCHEDULE_SB_LO = 1e-3          # the common sigma_bar(t_min) of lesson 10's schedules
+SCHEDULE_EPS = 1e-3            # and their common end sigma_bar(1) = -log eps
+_SCHEDULE_CACHE: dict = {}
+
+
+def schedule_toy():
+    """``(p0, denoiser_fn, x0, w0)`` of lesson 10: lesson 8's five weighted words with the exact
+    denoiser, the words as a (5, 3) batch ``x0`` and their probabilities ``w0``."""
+    if not _SCHEDULE_CACHE:
+        from .mdlm import denoiser_fn_from_score_fn
+        from .sequences import all_sequences, exact_score_fn, words_toy
+        p0, _ = words_toy(["cab", "bad", "dab", "abc", "bca"], weights=[4, 3, 2, 2, 1], mask=True)
+        score_fn = exact_score_fn(p0, Absorbing(5), off_support="conditional")
+        flat = p0.reshape(-1)
+        _SCHEDULE_CACHE["toy"] = (p0, denoiser_fn_from_score_fn(score_fn, 5),
+                                  all_sequences(5, 3)[flat > 0], flat[flat > 0])
+    return _SCHEDULE_CACHE["toy"]
+
+
+def schedule_summary(schedule, grid_points: int = 200) -> dict:
+    """One schedule on lesson 10's toy, all exact and averaged over the five words.
+
+    ``t_min = schedule.t_of(SCHEDULE_SB_LO)`` (the common lower end), the grid ``t`` from t_min
+    to 1, ``alpha`` there, the expected integrand ``sigma(t) E[S_t]`` (nats per unit t), the
+    bound (``mdlm.exact_mdlm_bound``) and the standard deviation of one draw of
+    ``mdlm_nll_bound`` with num_t = 1 (the root of the p0-average of ``mdlm.mdlm_bound_variance``).
+    """
+    from .mdlm import exact_integrand_moments, exact_mdlm_bound, mdlm_bound_variance
+    p0, den, x0, w0 = schedule_toy()
+    t_min = float(schedule.t_of(SCHEDULE_SB_LO))
+    t = torch.linspace(t_min, 1.0, grid_points, dtype=torch.float64)
+    m1, _ = exact_integrand_moments(den, x0, 5, schedule.sigma_bar(t))
+    integrand = schedule.sigma(t).to(torch.float64) * (m1 @ w0)
+    bound = float(w0 @ exact_mdlm_bound(schedule, den, x0, 5, t_min=t_min))
+    std = float(w0 @ mdlm_bound_variance(schedule, den, x0, 5, 1, t_min=t_min)) ** 0.5
+    return {"t_min": t_min, "t": t, "alpha": schedule.alpha(t), "integrand": integrand,
+            "bound": bound, "std": std}
+
+
+def masking_schedule_view(k: float = 2.0, ax_alpha=None, ax_integrand=None) -> dict:
+    """Lesson 10's slider: the polynomial schedule ``alpha_t = 1 - (1 - eps) t^k`` against linear.
+
+    Left: alpha_t. Right: the expected integrand ``sigma(t) E[S_t]`` of the bound on the clock of
+    t, whose area (the bound, the same for every k) and the standard deviation of a one-draw
+    estimate (which changes with k) are in the title. Returns ``dict(k, t, alpha, integrand,
+    bound, std, bound_linear, std_linear, fig)`` from :func:`schedule_summary`.
+    """
+    from .schedules import Polynomial
+    if isinstance(k, bool) or not np.isfinite(k) or not 0.25 <= float(k) <= 8.0:
+        raise ValueError(f"k must be a number in [0.25, 8], got {k!r}")
+    k = float(k)
+    here = schedule_summary(Polynomial(k, SCHEDULE_EPS))
+    if "linear" not in _SCHEDULE_CACHE:
+        _SCHEDULE_CACHE["linear"] = schedule_summary(LogLinear(SCHEDULE_EPS))
+    lin = _SCHEDULE_CACHE["linear"]
+    fig, ax_alpha, ax_integrand = _axes_pair(ax_alpha, ax_integrand)
+    for s, label, style, c in ((lin, "linear (k = 1)", "--", "0.5"),
+                               (here, f"polynomial, k = {k:.2f}", "-", PALETTE[0])):
+        ax_alpha.plot(s["t"].numpy(), s["alpha"].numpy(), style, color=c, label=label)
+        ax_integrand.plot(s["t"].numpy(), s["integrand"].numpy(), style, color=c, label=label)
+        ax_integrand.fill_between(s["t"].numpy(), s["integrand"].numpy(), color=c, alpha=0.15)
+    ax_alpha.set(xlabel="time $t$", ylabel=r"$\alpha_t$ (probability still clean)",
+                 title=r"$\alpha_t = 1 - (1-\epsilon)\,t^k$")
+    ax_alpha.legend(loc="lower left")
+    top = float(max(lin["integrand"].max(), here["integrand"].max()))
+    ax_integrand.set(xlabel="time $t$", ylabel=r"$\sigma(t)\,\mathbb{E}[S_t]$ [nats / unit $t$]",
+                     ylim=(0, min(1.05 * top, 15.0)))
+    ax_integrand.set_title(f"area {here['bound']:.4f} nats for every k; one-draw std "
+                           f"{here['std']:.2f} (linear {lin['std']:.2f})", fontsize=10)
+    ax_integrand.legend(loc="upper left")
+    return {"k": k, "t": here["t"], "alpha": here["alpha"], "integrand": here["integrand"],
+            "bound": here["bound"], "std": here["std"], "bound_linear": lin["bound"],
+            "std_linear": lin["std"], "fig": fig}
+
+
+WIDGETS["masking_schedule_view"] = (masking_schedule_view, {"k": (0.5, 4.0)})
+__all__ += ["SCHEDULE_SB_LO", "SCHEDULE_EPS", "schedule_toy", "schedule_summary",
+            "masking_schedule_view"]
+
+
+# ------------------------------------------------------------------ lesson 11: sampler knobs
+
+KNOB_STEPS = 8                  # the MDLM sampler of lesson 11's slider: 8 steps on the words toy
+KNOB_GRID = tuple(float(v) for v in np.round(np.geomspace(0.25, 2.0, 13), 4))
+KNOB_TOP = 3.0                  # nats: the top of the right panel (an infinite KL is drawn there)
+_KNOB_CACHE: dict = {}
+
+
+def words_sampler_toy():
+    """``(rm, schedule, score_fn, p0, judge)`` of lesson 11: lesson 8's five weighted words
+    ("cab", "bad", "dab", "abc", "bca" with weights 4, 3, 2, 2, 1; Absorbing(5), MASK = 4),
+    LogLinear(1e-3), the exact score (``off_support="conditional"``, so factorised steps may
+    leave the words), and the judge: p0 mixed with 1% of the uniform law on the 64 clean
+    sequences (a judge that has never seen a non-word still gives it a finite cost)."""
+    if "toy" not in _KNOB_CACHE:
+        from .sequences import exact_score_fn, words_toy
+        p0, _ = words_toy(["cab", "bad", "dab", "abc", "bca"], weights=[4, 3, 2, 2, 1], mask=True)
+        rm, sched = Absorbing(5), LogLinear(1e-3)
+        clean = torch.zeros_like(p0)
+        clean[:4, :4, :4] = 1.0 / 64
+        _KNOB_CACHE["toy"] = (rm, sched, exact_score_fn(p0, rm, sched, off_support="conditional"),
+                              p0, 0.99 * p0 + 0.01 * clean)
+    return _KNOB_CACHE["toy"]
+
+
+def knob_law(temperature: float = 1.0, top_p: float = 1.0):
+    """The exact law (5, 5, 5) of lesson 11's MDLM sampler (KNOB_STEPS steps) on the words toy
+    with this temperature and nucleus (``ddlab.sampling.exact_sampler_distribution``)."""
+    from .sampling import exact_sampler_distribution
+    rm, sched, score_fn, _, _ = words_sampler_toy()
+    return exact_sampler_distribution(rm, sched, score_fn, 3, KNOB_STEPS, "mdlm",
+                                      temperature=temperature, top_p=top_p)
+
+
+def temperature_view(temperature: float = 1.0, top_p: float = 1.0, ax_bars=None,
+                     ax_curves=None) -> dict:
+    """Lesson 11's slider: temperature and nucleus of the denoiser, exactly, on the words toy.
+
+    Left: the sampler's law on the five words and on everything else (non-words), beside p0.
+    Right: over temperatures from 0.25 to 2 (at this top_p), ``KL(p0 || q)``, the entropy H(q)
+    and the judge's cross-entropy (``ddlab.sampling.law_scores``), the chosen temperature marked.
+    Returns ``dict(temperature, top_p, law, p0, words, bars, scores, grid, curves, fig)``;
+    ``bars`` are the plotted heights (five words, then "other"), ``curves[key][j]`` the score at
+    ``grid[j]``; a KL that is infinite (the nucleus cut a word) is None.
+    """
+    from .sampling import law_scores
+    from .sequences import all_sequences
+    if isinstance(temperature, bool) or not 0.05 <= float(temperature) <= 10:
+        raise ValueError(f"temperature must be a number in [0.05, 10], got {temperature!r}")
+    if isinstance(top_p, bool) or not 0.0 < float(top_p) <= 1.0:
+        raise ValueError(f"top_p must be a number in (0, 1], got {top_p!r}")
+    temperature, top_p = float(temperature), float(top_p)
+    rm, sched, score_fn, p0, judge = words_sampler_toy()
+    law = knob_law(temperature, top_p)
+    scores = law_scores(law, p0, judge)
+    key = round(top_p, 6)
+    if key not in _KNOB_CACHE:
+        per = [law_scores(knob_law(T, top_p), p0, judge) for T in KNOB_GRID]
+        _KNOB_CACHE[key] = {k: [s[k] for s in per] for k in ("kl", "entropy", "judge")}
+    curves = _KNOB_CACHE[key]
+    states = all_sequences(5, 3)
+    flat = p0.reshape(-1)
+    idx = (flat > 0).nonzero()[:, 0]
+    words = ["".join("abcd"[int(c)] for c in states[i]) for i in idx]
+    bars = torch.cat([law.reshape(-1)[idx], 1 - law.reshape(-1)[idx].sum(0, keepdim=True)])
+    data = torch.cat([flat[idx], torch.zeros(1, dtype=torch.float64)])
+
+    fig, ax_bars, ax_curves = _axes_pair(ax_bars, ax_curves)
+    xs = np.arange(len(words) + 1)
+    w = 0.4
+    ax_bars.bar(xs - w / 2, data.numpy(), w, color=PALETTE[0], label="data $p_0$")
+    ax_bars.bar(xs + w / 2, bars.numpy(), w, color=PALETTE[1],
+                label=f"sampler, T = {temperature:.2f}, top-p = {top_p:.2f}")
+    ax_bars.set(xticks=xs, xticklabels=words + ["other"], ylim=(0, 0.75), ylabel="probability")
+    ax_bars.legend(loc="upper right", fontsize=8)
+    shown = "inf (words lost)" if np.isinf(scores["kl"]) else f"{scores['kl']:.3f}"
+    ax_bars.set_title(f"KL(p0 || q) = {shown}, H(q) = {scores['entropy']:.2f} "
+                      f"(data {law_scores(p0, p0, judge)['entropy']:.2f}) nats", fontsize=9)
+    for k, label, c in (("kl", r"KL$(p_0\,\|\,q)$", PALETTE[3]), ("entropy", "entropy $H(q)$",
+                        PALETTE[2]), ("judge", "judge cross-entropy", PALETTE[4])):
+        # an infinite KL (the nucleus cut a word) is drawn at the top of the axes
+        ax_curves.plot(KNOB_GRID, [min(v, KNOB_TOP) for v in curves[k]], "-", color=c, label=label)
+        ax_curves.plot([temperature], [min(scores[k], KNOB_TOP)], "o", color=c, mec="0.2")
+    ax_curves.set(xscale="log", xlabel="temperature $T$", ylabel="nats", ylim=(0, KNOB_TOP * 1.3))
+    ax_curves.set_xticks([0.25, 0.5, 1.0, 2.0], ["0.25", "0.5", "1", "2"])
+    ax_curves.minorticks_off()
+    ax_curves.axvline(1.0, color="0.6", lw=0.8)
+    ax_curves.legend(loc="upper center", fontsize=7, ncol=3)
+    ax_curves.set_title("low T: the judge's score falls, KL rises", fontsize=9)
+    def finite(v):                                  # an infinite KL is returned as None
+        return None if np.isinf(v) else v
+    return {"temperature": temperature, "top_p": top_p, "law": law, "p0": p0, "words": words,
+            "bars": bars, "scores": {**scores, "kl": finite(scores["kl"])},
+            "grid": list(KNOB_GRID), "curves": {k: [finite(v) for v in vals]
+                                                for k, vals in curves.items()}, "fig": fig}
+
+
+WIDGETS["temperature_view"] = (temperature_view, {"temperature": (0.25, 2.0), "top_p": (0.3, 1.0)})
+__all__ += ["KNOB_STEPS", "KNOB_GRID", "KNOB_TOP", "words_sampler_toy", "knob_law", "temperature_view"]

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from ddlab.text import checkpoint, evaluate, generate, metrics, train
+from ddlab.text import checkpoint, data, evaluate, generate, metrics, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -51,6 +51,46 @@ def test_pattern_infilling_keeps_clamped_positions(runs, sampler):
     for t in texts:
         assert len(t) == len(pattern) and "_" not in t          # every free position filled
         assert all(c == p for c, p in zip(t, pattern) if p != "_")
+
+
+@pytest.mark.parametrize("args", [
+    ["--sampler", "confidence", "--confidence", "drawn"],
+    ["--sampler", "confidence", "--temperature", "0.7"],
+    ["--sampler", "mdlm", "--remask", "cap:0.05", "--cache", "--top_p", "0.9"],
+    ["--sampler", "tweedie", "--corrector_steps", "1", "--corrector_size", "0.5"],
+    ["--sampler", "mdlm", "--gumbel_bits", "24"],
+])
+def test_lesson11_sampler_options_generate_and_keep_the_pattern(runs, args):
+    pattern = "the ____ sat"
+    texts = generate.main([str(runs["absorb"]), "--steps", "6", "--batch", "2", "--pattern",
+                           pattern, *args])
+    assert len(texts) == 2
+    for t in texts:
+        assert len(t) == len(pattern) and "_" not in t
+        assert all(c == p for c, p in zip(t, pattern) if p != "_")
+
+
+def test_caching_cost_and_sampler_table(runs):
+    """caching_cost: the cached runs call the network at most d + 1 times per sequence, the plain
+    ones steps + 1 times; sampler_table: one row per sampler with the four numbers."""
+    model, cfg, rm, sch = checkpoint.load_model(runs["absorb"])
+    ar, *_ = checkpoint.load_model(runs["ar"])
+    rows = generate.caching_cost(rm, sch, model, [4, 32], batch=2, d=8)
+    assert [(r["steps"], r["cache"]) for r in rows] == [(4, False), (4, True), (32, False), (32, True)]
+    for r in rows:
+        if r["cache"]:
+            assert r["evaluations"] <= 2 * (8 + 1) and r["network_calls"] <= r["steps"] + 1
+        else:
+            assert r["evaluations"] == 2 * (r["steps"] + 1) and r["samples"].shape == (2, 8)
+    table = generate.sampler_table(rm, sch, model, ar, {"a": ("mdlm", {}), "b": ("confidence", {})},
+                                   steps=4, batch=2, d=16, vocab=frozenset({"the", "a"}))
+    assert [r["name"] for r in table] == ["a", "b"]
+    for r in table:
+        assert {"bpc", "se", "entropy", "word_rate", "word_se"} <= set(r)
+        assert r["bpc"] == pytest.approx(metrics.ar_score(ar, r["samples"])["bpc"])
+        words = [w for t in data.decode(r["samples"]) for w in metrics.sample_words(t)]
+        if words:                                  # else NaN: no whole word to score
+            assert r["word_rate"] == pytest.approx(sum(w in {"the", "a"} for w in words) / len(words))
 
 
 def test_prefix_and_suffix_are_kept(runs):
@@ -252,6 +292,22 @@ RUN_CASES = {
     "sample pattern A_": ("ddlab.sample", ["--pattern", "A_"], ["--pattern", "'A'"]),
     "sample steps x": ("ddlab.sample", ["--steps", "x"], ["--steps", "'x'"]),
     "sample sampler": ("ddlab.sample", ["--sampler", "best"], ["--sampler", "'best'"]),
+    # lesson 11's sampler options, refused before any sampling with the option named
+    "generate remask format": ("ddlab.text.generate", ["--sampler", "mdlm", "--remask", "cap"],
+                               ["--remask 'cap'", "KIND:ETA"]),
+    "generate remask eta": ("ddlab.text.generate", ["--sampler", "mdlm", "--remask", "cap:2"],
+                            ["remask eta", "got 2.0"]),
+    "generate remask tweedie": ("ddlab.text.generate", ["--remask", "rescale:0.5"],
+                                ["--sampler tweedie", "method='mdlm'"]),
+    "generate temperature 0": ("ddlab.text.generate", ["--temperature", "0"],
+                               ["temperature", "got 0.0"]),
+    "generate top_p 2": ("ddlab.text.generate", ["--top_p", "2"], ["top_p", "got 2.0"]),
+    "generate confidence": ("ddlab.text.generate", ["--confidence", "drawn"],
+                            ["method='confidence'"]),
+    "generate confidence corrector": ("ddlab.text.generate", ["--sampler", "confidence",
+                                      "--corrector_steps", "1"], ["no corrector steps"]),
+    "generate gumbel_bits 0": ("ddlab.text.generate", ["--gumbel_bits", "0"],
+                               ["--gumbel_bits", ">= 1, got 0"]),
 }
 BAD_CKPT = {"empty": "is empty", "corrupt": "cannot be read", "foreign": "not a ddlab checkpoint"}
 COMMANDS = ("ddlab.evaluate", "ddlab.sample", "ddlab.text.evaluate", "ddlab.text.generate",

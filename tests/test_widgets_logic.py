@@ -44,7 +44,8 @@ def dropdown_combos(name):
 def test_registry_lists_callables_and_ranges():
     assert set(widgets.WIDGETS) == {"marginal_view", "reverse_view", "learned_ratios_view",
                                     "sampler_view", "score_entropy_view", "bound_view",
-                                    "clamp_view", "mdlm_weight_view"}
+                                    "clamp_view", "mdlm_weight_view", "masking_schedule_view",
+                                    "temperature_view"}
     for name, (fn, ranges) in widgets.WIDGETS.items():
         assert callable(fn)
         for key, r in ranges.items():
@@ -344,3 +345,152 @@ def test_mdlm_weight_view_against_one_over_t_and_the_cross_entropy_by_hand():
                 total += pw * prob * ce / t
         assert out["mdlm"].item() == pytest.approx(total, rel=1e-10)
         assert out["sedd"].item() == pytest.approx(total, rel=1e-10)
+
+
+def test_masking_schedule_view_area_is_fixed_and_matches_an_independent_quadrature():
+    """Lesson 10's slider. The area under the plotted integrand (the bound) is the same at every k
+    to 1e-10 and equals scipy's quad in t of lesson 8's brute-force expected integrand
+    (mdlm.expected_integrands, an enumeration over all n^d sequences); the plotted curve is that
+    integrand; the printed std is the root of (1 - t_min) int sigma^2 E[S^2] dt - L^2 averaged
+    over the words, with E[S^2] by an enumeration written out here."""
+    import torch
+    from scipy import integrate
+
+    from ddlab import mdlm
+    from ddlab.schedules import Polynomial
+    p0, den, x0, w0 = widgets.schedule_toy()
+    outs = {}
+    for k in (0.5, 1.0, 2.0, 4.0):
+        outs[k] = widgets.masking_schedule_view(k)
+        plt.close("all")
+    bounds = [o["bound"] for o in outs.values()]
+    assert max(bounds) - min(bounds) < 1e-10
+    assert outs[1.0]["std"] == pytest.approx(outs[1.0]["std_linear"], rel=1e-12)
+    k = 2.0
+    sched = Polynomial(k, widgets.SCHEDULE_EPS)
+    t_min = float(sched.t_of(widgets.SCHEDULE_SB_LO))
+
+    def brute(t):
+        return float(mdlm.expected_integrands(sched, den, p0, t)["mdlm"])
+    area, _ = integrate.quad(brute, t_min, 1, epsabs=1e-11, epsrel=1e-11, limit=200)
+    assert outs[k]["bound"] == pytest.approx(area, abs=1e-9)
+    for j in (0, 57, 199):
+        assert outs[k]["integrand"][j].item() == pytest.approx(brute(outs[k]["t"][j].item()),
+                                                               rel=1e-11)
+    # the std: E[S^2] by the 2^3 masking patterns, S = r sum_masked -log p(x0_i | x_t)
+    words = x0.tolist()
+
+    def second(t):
+        sb = float(sched.sigma_bar(t))
+        alpha, r = np.exp(-sb), 1 / np.expm1(sb)
+        total = 0.0
+        for wb, row in zip(w0.tolist(), words):
+            for pattern in range(8):
+                masked = [(pattern >> i) & 1 for i in range(3)]
+                prob = np.prod([1 - alpha if m else alpha for m in masked])
+                x_t = torch.tensor([[4 if m else v for m, v in zip(masked, row)]])
+                p = den(x_t, torch.tensor([sb], dtype=torch.float64))[0].numpy()
+                S_ = r * sum(-np.log(p[i, row[i]]) for i in range(3) if masked[i])
+                total += wb * prob * S_ ** 2
+        return float(sched.sigma(t)) ** 2 * total
+
+    sq, _ = integrate.quad(second, t_min, 1, epsrel=1e-9, limit=200)
+    per_word = mdlm.exact_mdlm_bound(sched, den, x0, 5, t_min=t_min)
+    var = (1 - t_min) * sq - float(w0 @ per_word ** 2)
+    assert outs[k]["std"] == pytest.approx(var ** 0.5, rel=1e-7)
+    with pytest.raises(ValueError, match=r"k must be a number in \[0.25, 8\]"):
+        widgets.masking_schedule_view(0.0)
+
+
+# ------------------------------------------------------------------ lesson 11: temperature_view
+
+def brute_force_knob_law(T, top_p, steps=8, eps=1e-3):
+    """Lesson 11's sampler written from scratch on the words toy: MDLM steps whose revealed
+    values come from the exact denoiser (the conditional of p0 given the visible letters,
+    uniform where that is empty), tempered and cut to its nucleus."""
+    words, weights = ["cab", "bad", "dab", "abc", "bca"], [4, 3, 2, 2, 1]
+    p0 = {tuple("abcd".index(c) for c in w): wt / 12 for w, wt in zip(words, weights)}
+    M = 4
+
+    def denoiser(x, i):
+        q = np.array([sum(p for x0, p in p0.items() if x0[i] == y and
+                          all(x0[j] == x[j] for j in range(3) if x[j] != M)) for y in range(4)])
+        q = np.full(4, 0.25) if q.sum() == 0 else q / q.sum()
+        q = q ** (1 / T)
+        q = q / q.sum()
+        order = sorted(range(4), key=lambda y: -q[y])            # stable: ties by index
+        keep, mass = set(), 0.0
+        for y in order:
+            if mass >= top_p:
+                break
+            keep.add(y)
+            mass += q[y]
+        q = np.array([q[y] if y in keep else 0.0 for y in range(4)])
+        return q / q.sum()
+
+    t = np.linspace(1.0, 1e-5, steps + 1)
+    alpha = list(1 - (1 - eps) * t) + [1.0]
+    law = {(M, M, M): 1.0}
+    for k in range(steps + 1):
+        a_t, a_s = alpha[k], alpha[k + 1]
+        reveal = (a_s - a_t) / (1 - a_t)
+        new = {}
+        for x, px in law.items():
+            options = []
+            for i in range(3):
+                if x[i] != M:
+                    options.append([(x[i], 1.0)])
+                else:
+                    q = denoiser(x, i)
+                    options.append([(M, 1 - reveal)] + [(y, reveal * q[y]) for y in range(4)])
+            for combo in itertools.product(*options):
+                w = px * np.prod([c[1] for c in combo])
+                if w > 0:
+                    y = tuple(c[0] for c in combo)
+                    new[y] = new.get(y, 0.0) + w
+        law = new
+    return law, p0
+
+
+@pytest.mark.parametrize("T, top_p", [(1.0, 1.0), (0.5, 1.0), (1.7, 0.75), (0.8, 0.4)])
+def test_temperature_view_against_a_sampler_written_from_scratch(T, top_p):
+    out = widgets.temperature_view(T, top_p)
+    plt.close("all")
+    brute, p0 = brute_force_knob_law(T, top_p)
+    law = out["law"].numpy()
+    assert law.sum() == pytest.approx(1.0, abs=1e-12)
+    for x in itertools.product(range(5), repeat=3):
+        assert law[x] == pytest.approx(brute.get(x, 0.0), abs=1e-12), x
+    words = [tuple("abcd".index(c) for c in w) for w in out["words"]]
+    np.testing.assert_allclose(out["bars"][:-1].numpy(), [brute.get(w, 0.0) for w in words],
+                               atol=1e-12)
+    assert out["bars"][-1].item() == pytest.approx(1 - sum(brute.get(w, 0.0) for w in words),
+                                                   abs=1e-12)
+    # the scores, by hand from the brute-force law
+    q = np.array([brute.get(x, 0.0) for x in itertools.product(range(5), repeat=3)])
+    p = np.array([p0.get(x, 0.0) for x in itertools.product(range(5), repeat=3)])
+    clean = np.array([all(c < 4 for c in x) for x in itertools.product(range(5), repeat=3)])
+    judge = 0.99 * p + 0.01 * clean / 64
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kl = np.inf if (q[p > 0] == 0).any() else float((p[p > 0] * np.log(p[p > 0] / q[p > 0])).sum())
+        H = -float(np.sum(np.where(q > 0, q * np.log(q), 0.0)))
+        cross = -float(np.sum(np.where(q > 0, q * np.log(judge), 0.0)))
+        reverse_kl = float(np.sum(np.where(q > 0, q * np.log(np.where(q > 0, q, 1) / judge), 0.0)))
+    s = out["scores"]
+    assert s["kl"] == pytest.approx(kl, abs=1e-10) if np.isfinite(kl) else s["kl"] is None
+    assert s["entropy"] == pytest.approx(H, abs=1e-10)
+    assert s["judge"] == pytest.approx(cross, abs=1e-10)
+    assert s["support"] == pytest.approx(float(q[p > 0].sum()), abs=1e-12)
+    assert s["judge"] == pytest.approx(s["entropy"] + reverse_kl, abs=1e-10)   # H + KL(q||judge)
+
+
+def test_temperature_view_curves_and_refusals():
+    out = widgets.temperature_view(1.0, 1.0)
+    plt.close("all")
+    j = widgets.KNOB_GRID.index(1.0)
+    assert out["curves"]["kl"][j] == pytest.approx(out["scores"]["kl"], abs=1e-12)
+    judge = out["curves"]["judge"]
+    assert all(a < b for a, b in zip(judge, judge[1:]))          # lower T, lower judge score
+    for bad in ({"temperature": 0.0}, {"temperature": True}, {"top_p": 0.0}, {"top_p": 1.5}):
+        with pytest.raises(ValueError):
+            widgets.temperature_view(**{"temperature": 1.0, "top_p": 1.0, **bad})

@@ -107,7 +107,8 @@ def caching_cost(rm, schedule, model, steps_list, *, batch: int = 1, d: int | No
                                    return_stats=True, generator=gen, device=device)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            rows.append({"steps": k, "cache": cache, **stats,
+            rows.append({"steps": k, "cache": cache, "network_calls": stats["network_calls"],
+                         "evaluations": stats["evaluations"],
                          "seconds": time.perf_counter() - t0, "samples": x})
     return rows
 
