@@ -111,7 +111,7 @@ def toy_sequence_process(kind: str, n: int = 3, d: int = 2, seed: int = 0, eps_s
 # ------------------------------------------------------------------ tiny text8-format runs
 TINY_RUN = ["--n_layer", "1", "--n_head", "2", "--d_model", "32", "--cond_dim", "16", "--seq_len",
             "32", "--batch_size", "8", "--threads", "1", "--progress", "false",
-            "--eval_batches", "1"]
+            "--eval_batches", "1", "--warmup", "20", "--min_lr", "-1"]
 
 
 @pytest.fixture(scope="session")
