@@ -709,3 +709,37 @@ def temperature_view(temperature: float = 1.0, top_p: float = 1.0, ax_bars=None,
 
 WIDGETS["temperature_view"] = (temperature_view, {"temperature": (0.25, 2.0), "top_p": (0.3, 1.0)})
 __all__ += ["KNOB_STEPS", "KNOB_GRID", "KNOB_TOP", "words_sampler_toy", "knob_law", "temperature_view"]
+
+
+# ------------------------------------------------------------------ lesson 9: the reverse chain on text
+
+# A stand-in chain for the registry's sweep (the lesson passes the frames of a trained model): four
+# tokens over "ab " unmasking one at a time, MASK = 3.
+DEMO_FRAMES = torch.tensor([[3, 3, 3, 3], [3, 0, 3, 3], [3, 0, 3, 1], [2, 0, 3, 1], [2, 0, 0, 1]])
+
+
+def unmasking_view(step: int = 0, frames=None, alphabet: str = "ab ", width: int = 64) -> dict:
+    """Frame ``step`` of a reverse chain (lesson 9's slider): ``{"text"}`` with MASK (the last
+    state, id ``len(alphabet)``) shown as ``_`` and wrapped at ``width`` characters, ``{"masked"}``
+    (the fraction still masked) and ``{"changed"}`` (positions that moved in this step).
+
+    ``frames`` is a (K, d) tensor of token ids, one row per step, as
+    ``ddlab.text.generate.reverse_frames`` records them; by default a four-token demonstration.
+    """
+    frames = DEMO_FRAMES if frames is None else torch.as_tensor(frames)
+    step = int(step)
+    if not 0 <= step < len(frames):
+        raise ValueError(f"frame k must be in 0..{len(frames) - 1}, got {step}")
+    mask = len(alphabet)
+    x = frames[step]
+    if int(x.max()) > mask or int(x.min()) < 0:
+        raise ValueError(f"frames hold ids outside 0..{mask} (the alphabet {alphabet!r} and MASK)")
+    text = "".join("_" if int(v) == mask else alphabet[int(v)] for v in x)
+    lines = [text[i:i + width] for i in range(0, len(text), width)]
+    changed = int((frames[step] != frames[step - 1]).sum()) if step else 0
+    return {"text": "\n".join(lines), "masked": float((x == mask).double().mean()),
+            "changed": changed}
+
+
+WIDGETS["unmasking_view"] = (unmasking_view, {"step": (0, len(DEMO_FRAMES) - 1)})
+__all__ += ["DEMO_FRAMES", "unmasking_view"]

@@ -13,6 +13,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 import pytest  # noqa: E402
 from scipy.integrate import solve_ivp  # noqa: E402
 from scipy.linalg import expm  # noqa: E402
@@ -494,3 +495,17 @@ def test_temperature_view_curves_and_refusals():
     for bad in ({"temperature": 0.0}, {"temperature": True}, {"top_p": 0.0}, {"top_p": 1.5}):
         with pytest.raises(ValueError):
             widgets.temperature_view(**{"temperature": 1.0, "top_p": 1.0, **bad})
+
+
+def test_unmasking_view_shows_masks_and_moves_by_hand():
+    from ddlab.widgets import DEMO_FRAMES, unmasking_view
+    first = unmasking_view(0)
+    assert first == {"text": "____", "masked": 1.0, "changed": 0}
+    assert unmasking_view(2) == {"text": "_a_b", "masked": 0.5, "changed": 1}
+    assert unmasking_view(len(DEMO_FRAMES) - 1, width=2)["text"] == " a\nab"
+    frames = torch.tensor([[2, 2], [0, 2], [0, 1]])
+    assert unmasking_view(2, frames, alphabet="xy")["text"] == "xy"
+    with pytest.raises(ValueError, match="frame k must be in 0..4"):
+        unmasking_view(5)
+    with pytest.raises(ValueError, match="outside 0..2"):
+        unmasking_view(0, torch.tensor([[5, 0]]), alphabet="xy")

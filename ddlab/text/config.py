@@ -89,7 +89,8 @@ class TrainConfig:
 
 
 PRESETS: dict[str, dict] = {
-    # The CPU recipe of lesson 9: about 4 minutes on 2 cores (69 ms a step there). A sweep at equal
+    # The CPU recipe of lesson 9: about 4.5 minutes on 2 cores (69 ms a bare step, 80 ms in a run
+    # with its EMA, clipping and logging; the lesson's committed run took 264 s). A sweep at equal
     # compute (benchmarks/RESULTS.md, "The CPU recipe") found: 2 layers beat 4 (more steps for the
     # same time: 3.01 against 3.17 bits/char), lr 1e-3 beat 2e-3, a cosine decay to 1e-4 helps a
     # short run, 128-character crops beat 64 and 32 at equal characters per step. threads 0: every

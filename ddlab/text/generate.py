@@ -31,6 +31,7 @@ from ..sampling import ALL_METHODS, CONFIDENCES, REMASK_KINDS, check_options
 from .._checks import as_int
 from ..rate_matrices import sample_categorical
 from ..sampling import sample as run_sampler
+from ..widgets import unmasking_view
 from .checkpoint import load_model
 from .config import ArgumentParser, ConfigError, at_least, check_device, run_cli
 from .data import ALPHABET, MASK_CHAR, decode, encode
@@ -188,18 +189,9 @@ def reverse_frames(rm, schedule, model, d: int, steps: int, sampler: str = "twee
 
 
 def frame_text(frames: torch.Tensor, k: int, width: int = 64) -> dict:
-    """Frame ``k`` of :func:`reverse_frames` as the slider of lesson 9 shows it: ``{"text"}``
-    (MASK as ``_``, wrapped at ``width`` characters), ``{"masked"}`` (the fraction still masked)
-    and ``{"changed"}`` (positions that differ from frame k - 1)."""
-    k = int(k)
-    if not 0 <= k < len(frames):
-        raise ValueError(f"frame k must be in 0..{len(frames) - 1}, got {k}")
-    x = frames[k]
-    text = decode(x).replace(MASK_CHAR, "_")
-    lines = [text[i:i + width] for i in range(0, len(text), width)]
-    changed = int((frames[k] != frames[k - 1]).sum()) if k else 0
-    return {"text": "\n".join(lines), "masked": float((x == len(ALPHABET)).double().mean()),
-            "changed": changed}
+    """Frame ``k`` of :func:`reverse_frames` as text (lesson 9): ``ddlab.widgets.unmasking_view``
+    over the text8 alphabet, ``{"text", "masked", "changed"}``."""
+    return unmasking_view(k, frames, ALPHABET, width)     # the one definition, the slider's too
 
 
 def sample_quality(rm, schedule, model, ar_model, steps_list, samplers=("euler", "tweedie"), *,
