@@ -718,8 +718,8 @@ __all__ += ["KNOB_STEPS", "KNOB_GRID", "KNOB_TOP", "words_sampler_toy", "knob_la
 DEMO_FRAMES = torch.tensor([[3, 3, 3, 3], [3, 0, 3, 3], [3, 0, 3, 1], [2, 0, 3, 1], [2, 0, 0, 1]])
 
 
-def unmasking_view(step: int = 0, frames=None, alphabet: str = "ab ", width: int = 64) -> dict:
-    """Frame ``step`` of a reverse chain (lesson 9's slider): ``{"text"}`` with MASK (the last
+def frame_summary(step: int, frames=None, alphabet: str = "ab ", width: int = 64) -> dict:
+    """Frame ``step`` of a reverse chain as text (lesson 9): ``{"text"}`` with MASK (the last
     state, id ``len(alphabet)``) shown as ``_`` and wrapped at ``width`` characters, ``{"masked"}``
     (the fraction still masked) and ``{"changed"}`` (positions that moved in this step).
 
@@ -741,5 +741,27 @@ def unmasking_view(step: int = 0, frames=None, alphabet: str = "ab ", width: int
             "changed": changed}
 
 
+def unmasking_view(step: int = 0, frames=None, alphabet: str = "ab ", width: int = 64,
+                   ax=None) -> dict:
+    """Lesson 9's slider: :func:`frame_summary` of frame ``step`` and, in ``fig``, the whole chain
+    as an image (rows: steps; columns: positions; dark = still masked) with the row ``step``
+    marked, beside the fraction masked against the step."""
+    out = frame_summary(step, frames, alphabet, width)
+    frames = DEMO_FRAMES if frames is None else torch.as_tensor(frames)
+    masked = (frames == len(alphabet)).double()
+    if ax is None:
+        fig, ax = figure()
+    else:
+        fig = ax.figure
+    ax.imshow(masked.numpy(), aspect="auto", cmap="Greys", vmin=0, vmax=1.5,
+              interpolation="nearest")
+    ax.axhline(int(step), color=PALETTE[1], lw=2)
+    ax.set_xlabel("position i")
+    ax.set_ylabel("reverse step (0 = all MASK)")
+    ax.set_title(f"step {int(step)}: {out['masked']:.0%} masked, {out['changed']} positions "
+                 f"revealed in this step", fontsize=9)
+    return {**out, "fig": fig}
+
+
 WIDGETS["unmasking_view"] = (unmasking_view, {"step": (0, len(DEMO_FRAMES) - 1)})
-__all__ += ["DEMO_FRAMES", "unmasking_view"]
+__all__ += ["DEMO_FRAMES", "frame_summary", "unmasking_view"]

@@ -46,7 +46,7 @@ def test_registry_lists_callables_and_ranges():
     assert set(widgets.WIDGETS) == {"marginal_view", "reverse_view", "learned_ratios_view",
                                     "sampler_view", "score_entropy_view", "bound_view",
                                     "clamp_view", "mdlm_weight_view", "masking_schedule_view",
-                                    "temperature_view"}
+                                    "temperature_view", "unmasking_view"}
     for name, (fn, ranges) in widgets.WIDGETS.items():
         assert callable(fn)
         for key, r in ranges.items():
@@ -296,7 +296,6 @@ def test_bound_view_is_nll_bound_and_the_exact_nll():
 
 @pytest.mark.parametrize("noise", widgets.CLAMP_NOISES)
 def test_clamp_view_is_the_exact_conditional_and_the_clamped_law(noise):
-    import torch
     from ddlab.sampling import exact_sampler_distribution
     words = ["cab", "bad", "dab", "abc", "bca"]
     for pattern in widgets.CLAMP_PATTERNS:
@@ -498,14 +497,19 @@ def test_temperature_view_curves_and_refusals():
 
 
 def test_unmasking_view_shows_masks_and_moves_by_hand():
-    from ddlab.widgets import DEMO_FRAMES, unmasking_view
-    first = unmasking_view(0)
+    from ddlab.widgets import DEMO_FRAMES, frame_summary, unmasking_view
+    first = frame_summary(0)
     assert first == {"text": "____", "masked": 1.0, "changed": 0}
-    assert unmasking_view(2) == {"text": "_a_b", "masked": 0.5, "changed": 1}
-    assert unmasking_view(len(DEMO_FRAMES) - 1, width=2)["text"] == " a\nab"
+    assert frame_summary(2) == {"text": "_a_b", "masked": 0.5, "changed": 1}
+    assert frame_summary(len(DEMO_FRAMES) - 1, width=2)["text"] == " a\nab"
     frames = torch.tensor([[2, 2], [0, 2], [0, 1]])
-    assert unmasking_view(2, frames, alphabet="xy")["text"] == "xy"
+    assert frame_summary(2, frames, alphabet="xy")["text"] == "xy"
     with pytest.raises(ValueError, match="frame k must be in 0..4"):
-        unmasking_view(5)
+        frame_summary(5)
     with pytest.raises(ValueError, match="outside 0..2"):
-        unmasking_view(0, torch.tensor([[5, 0]]), alphabet="xy")
+        frame_summary(0, torch.tensor([[5, 0]]), alphabet="xy")
+    view = unmasking_view(2)                        # the slider: the same summary and the chain
+    assert {k: view[k] for k in first} == frame_summary(2)
+    image = view["fig"].axes[0].images[0].get_array()
+    assert image.tolist() == (DEMO_FRAMES == 3).double().tolist()
+    plt.close("all")

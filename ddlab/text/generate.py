@@ -31,7 +31,7 @@ from ..sampling import ALL_METHODS, CONFIDENCES, REMASK_KINDS, check_options
 from .._checks import as_int
 from ..rate_matrices import sample_categorical
 from ..sampling import sample as run_sampler
-from ..widgets import unmasking_view
+from ..widgets import frame_summary
 from .checkpoint import load_model
 from .config import ArgumentParser, ConfigError, at_least, check_device, run_cli
 from .data import ALPHABET, MASK_CHAR, decode, encode
@@ -189,9 +189,9 @@ def reverse_frames(rm, schedule, model, d: int, steps: int, sampler: str = "twee
 
 
 def frame_text(frames: torch.Tensor, k: int, width: int = 64) -> dict:
-    """Frame ``k`` of :func:`reverse_frames` as text (lesson 9): ``ddlab.widgets.unmasking_view``
-    over the text8 alphabet, ``{"text", "masked", "changed"}``."""
-    return unmasking_view(k, frames, ALPHABET, width)     # the one definition, the slider's too
+    """Frame ``k`` of :func:`reverse_frames` as text (lesson 9): ``ddlab.widgets.frame_summary``
+    over the text8 alphabet without its figure, ``{"text", "masked", "changed"}``."""
+    return frame_summary(k, frames, ALPHABET, width)      # the one definition, the slider's too
 
 
 def sample_quality(rm, schedule, model, ar_model, steps_list, samplers=("euler", "tweedie"), *,
