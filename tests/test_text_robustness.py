@@ -28,7 +28,7 @@ from ddlab.text.train import TrainingDiverged, TrainingInterrupted, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(n_layer=1, n_head=2, d_model=16, cond_dim=16, seq_len=16, batch_size=4, lr=3e-3,
-            warmup=2, ema=0.9, threads=1, progress=False, eval_batches=1, log_every=2)
+            warmup=2, min_lr=-1.0, ema=0.9, threads=1, progress=False, eval_batches=1, log_every=2)
 TINY_CLI = [a for k, v in TINY.items() for a in (f"--{k}", str(v).lower()
                                                  if isinstance(v, bool) else str(v))]
 
