@@ -19,14 +19,6 @@ IDS = [repr(s) for s in SCHEDULES]
 
 
 @pytest.mark.parametrize("sched", SCHEDULES, ids=IDS)
-def test_sigma_is_derivative_of_sigma_bar(sched):
-    t = np.linspace(0.01, 0.99, 25)
-    h = 1e-6
-    fd = (sched.sigma_bar(t + h).numpy() - sched.sigma_bar(t - h).numpy()) / (2 * h)
-    np.testing.assert_allclose(sched.sigma(t).numpy(), fd, rtol=1e-6)
-
-
-@pytest.mark.parametrize("sched", SCHEDULES, ids=IDS)
 def test_sigma_bar_increasing_and_positive_rate(sched):
     t = torch.linspace(0, 1, 101, dtype=torch.float64)
     sb = sched.sigma_bar(t)
@@ -139,8 +131,8 @@ def test_masking_alpha_is_md4s_formula_and_exp_minus_sigma_bar(sched):
                                rtol=1e-12)
 
 
-@pytest.mark.parametrize("sched", MASKING, ids=MIDS)
-def test_masking_sigma_is_derivative_of_sigma_bar(sched):
+@pytest.mark.parametrize("sched", SCHEDULES + MASKING, ids=IDS + MIDS)
+def test_sigma_is_derivative_of_sigma_bar(sched):
     t = np.linspace(0.01, 0.99, 49)
     h = 1e-6
     fd = (sched.sigma_bar(t + h).numpy() - sched.sigma_bar(t - h).numpy()) / (2 * h)
