@@ -195,12 +195,14 @@ def frame_text(frames: torch.Tensor, k: int, width: int = 64) -> dict:
 
 
 def sample_quality(rm, schedule, model, ar_model, steps_list, samplers=("euler", "tweedie"), *,
-                   batch: int = 16, d: int | None = None, seed: int = 0, log=None) -> list[dict]:
+                   batch: int = 16, d: int | None = None, seed: int = 0, vocab=None,
+                   log=None) -> list[dict]:
     """One row per (sampler, steps): how the AR baseline scores ``batch`` samples (lesson 9).
 
     Each row holds ``sampler, steps``, the :func:`ar_score` of the samples (``bpc``, ``se``,
-    ``entropy``), ``seconds`` (sampling time) and ``samples``. Every row starts from the same
-    seed. ``log(row)`` is called after each row (long sweeps print as they go).
+    ``entropy``), with a ``vocab`` also ``word`` (``metrics.word_rate``: rate, standard error),
+    ``seconds`` (sampling time) and ``samples``. Every row starts from the same seed.
+    ``log(row)`` is called after each row (long sweeps print as they go).
     """
     d = d or model.cfg.seq_len
     rows = []
@@ -211,6 +213,8 @@ def sample_quality(rm, schedule, model, ar_model, steps_list, samplers=("euler",
             seconds = time.perf_counter() - t0
             rows.append({"sampler": sampler, "steps": k, **ar_score(ar_model, x),
                          "seconds": seconds, "samples": x})
+            if vocab is not None:
+                rows[-1]["word"] = word_rate(x, vocab)
             if log is not None:
                 log(rows[-1])
     return rows
