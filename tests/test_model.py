@@ -175,3 +175,65 @@ def test_one_modulation_linear_for_all_blocks_starts_at_zero():
         h = h + m.blocks[-1].attention(m.blocks[-1].ln1(h), cos, sin)
         assert torch.allclose(z, m.head(m.ln_f(h)), atol=1e-5)
         assert z.abs().max() > 0
+
+
+# ---------------------------------------------------------------- neighbour embeddings
+def _neighbour_model(objective, k=3, pairs=True, seed=0):
+    torch.manual_seed(seed)
+    return DiffusionTransformer(ModelConfig(objective=objective, neighbours=k, neighbour_pairs=pairs,
+                                            **SMALL)).eval()
+
+
+@pytest.mark.parametrize("objective", ["absorb", "uniform", "ar"])
+def test_neighbour_embedding_is_the_sum_of_table_rows_by_hand(objective):
+    # an independent loop over positions and offsets, reading the one table by its documented
+    # layout: one block of n_in + 1 rows per offset, then one of (n_in + 1)^2 per pair of offsets
+    m = _neighbour_model(objective)
+    cfg, W = m.cfg, m.neighbour_embed.weight
+    out_id, rows = cfg.n_in, cfg.n_in + 1
+    x = torch.randint(0, cfg.n_in, (2, 11))
+
+    def tok(b, j):
+        return int(x[b, j]) if 0 <= j < x.shape[1] else out_id
+
+    want = torch.zeros(2, 11, cfg.d_model)
+    for b in range(2):
+        for i in range(11):
+            for j, o in enumerate(cfg.offsets):
+                want[b, i] += W[j * rows + tok(b, i + o)]
+            base = len(cfg.offsets) * rows
+            for j, (o, o2) in enumerate(cfg.pair_offsets):
+                want[b, i] += W[base + j * rows * rows + tok(b, i + o) * rows + tok(b, i + o2)]
+    torch.testing.assert_close(m.embed_neighbours(x), want, rtol=0, atol=1e-6)
+    assert cfg.offsets == ((-3, -2, -1) if objective == "ar" else (-3, -2, -1, 1, 2, 3))
+    assert cfg.pair_offsets == (((-2, -1),) if objective == "ar" else ((-2, -1), (1, 2)))
+
+
+def test_neighbour_embedding_sees_k_places_and_the_ar_model_stays_causal():
+    x = torch.randint(0, 27, (1, 16))
+    y = x.clone()
+    y[0, 9] = (x[0, 9] + 1) % 27
+    dm = _neighbour_model("absorb")
+    diff = (dm.embed_neighbours(x) - dm.embed_neighbours(y)).abs().amax(-1)[0]
+    assert (diff[6:13] > 0).sum() == 6 and diff[9] == 0            # positions 9 +- 3, not 9 itself
+    assert torch.all(diff[:6] == 0) and torch.all(diff[13:] == 0)
+    ar = _neighbour_model("ar")
+    with torch.no_grad():
+        for p in ar.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    bos = torch.full((1, 1), 27)
+
+    def next_token_logits(seq):                  # position i predicts x_i from the input x_<i
+        return ar(torch.cat([bos, seq[:, :-1]], 1))
+
+    a, b = next_token_logits(x), next_token_logits(y)
+    assert torch.equal(a[:, :10], b[:, :10])     # the predictions of x_0 .. x_9 cannot see x_9
+    assert not torch.allclose(a[:, 10:], b[:, 10:])
+
+
+def test_neighbour_options_are_validated():
+    with pytest.raises(ValueError, match="neighbours >= 2"):
+        ModelConfig(neighbours=1, neighbour_pairs=True)
+    with pytest.raises(ValueError, match="neighbours must be in"):
+        ModelConfig(neighbours=-1)
+    assert not hasattr(_model("absorb"), "neighbour_embed")      # off by default: SEDD's network

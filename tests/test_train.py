@@ -352,3 +352,27 @@ def test_config_errors_list_what_is_valid():
     assert (small.n_layer, small.d_model, small.n_head, small.seq_len) == (12, 768, 12, 256)
     n = build_model(make_config("tiny-cpu")).num_params()
     assert 0.4e6 < n < 1.3e6
+
+
+def test_progress_bar_moves_at_flushes_by_the_steps_flushed(tmp_path):
+    from ddlab.text.train import LossLog
+
+    class Bar:
+        def __init__(self):
+            self.n, self.updates = 0, 0
+
+        def update(self, k):
+            self.n, self.updates = self.n + k, self.updates + 1
+
+        def set_postfix(self, **kw):
+            pass
+
+    bar, history = Bar(), []
+    log = LossLog(history, tmp_path / "ckpt.pt", torch.device("cpu"), step=0, tokens_per_step=8,
+                  bar=bar)
+    for step in range(1, 26):
+        log.append(torch.tensor(1.0))
+        if step % 10 == 0 or step == 25:
+            log.flush(step)
+    assert (bar.n, bar.updates, len(history)) == (25, 3, 25)
+    assert [h["step"] for h in history] == list(range(1, 26))

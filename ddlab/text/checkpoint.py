@@ -58,6 +58,7 @@ def model_config(cfg: TrainConfig) -> ModelConfig:
     return ModelConfig(n_chars=VOCAB_SIZE, objective=cfg.objective, seq_len=cfg.seq_len,
                        n_layer=cfg.n_layer, n_head=cfg.n_head, d_model=cfg.d_model,
                        cond_dim=cfg.cond_dim, dropout=cfg.dropout, param=cfg.param,
+                       neighbours=cfg.neighbours, neighbour_pairs=cfg.neighbour_pairs,
                        # the AR baseline has no noise level to condition on: a plain transformer
                        adaln=cfg.time_input and cfg.objective != "ar")
 

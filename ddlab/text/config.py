@@ -51,6 +51,8 @@ class TrainConfig:
     cond_dim: int = 64
     seq_len: int = 128
     dropout: float = 0.0
+    neighbours: int = 0            # k > 0: each position also embeds the tokens k places around it
+    neighbour_pairs: bool = False  # and the two tokens on each side of it as pairs (k >= 2)
     # ---- data
     data: str = "text8"            # text8 | fallback | pydoc | path of a text8-format .txt file
     fallback: bool = True          # use the offline corpus (with a warning) when text8 is missing
@@ -89,14 +91,16 @@ class TrainConfig:
 
 
 PRESETS: dict[str, dict] = {
-    # The CPU recipe of lesson 9: about 4.5 minutes on 2 cores (69 ms a bare step, 80 ms in a run
-    # with its EMA, clipping and logging; the lesson's committed run took 264 s). A sweep at equal
-    # compute (benchmarks/RESULTS.md, "The CPU recipe") found: 2 layers beat 4 (more steps for the
-    # same time: 3.01 against 3.17 bits/char), lr 1e-3 beat 2e-3, a cosine decay to 1e-4 helps a
-    # short run, 128-character crops beat 64 and 32 at equal characters per step. threads 0: every
-    # core (pass --threads 1 on a machine shared with other work).
-    "tiny-cpu": dict(n_layer=2, n_head=4, d_model=128, cond_dim=64, seq_len=128, batch_size=16,
-                     lr=1e-3, min_lr=1e-4, warmup=100, ema=0.99, max_steps=3300, threads=0),
+    # The CPU recipe of lesson 9: under 4 minutes on 2 cores (68 ms a step from the shell, 77-81
+    # in a notebook, with its EMA, clipping and logging). A sweep at equal compute (benchmarks/RESULTS.md, "The CPU recipe")
+    # found: the neighbour embeddings end the plateau at the letters-only level (3.58 -> 3.15
+    # bits/char at 600 steps, 3.01 -> 2.67 at 3,300), 256-character crops beat 128 at equal
+    # characters per step (2.67 -> 2.61), embedded pairs of neighbours add a little (2.61 -> 2.58);
+    # 2 layers beat 3 or 4 (more steps for the same time), lr 1e-3 with a cosine decay to 1e-4.
+    # threads 0: every core (pass --threads 1 on a machine shared with other work).
+    "tiny-cpu": dict(n_layer=2, n_head=4, d_model=128, cond_dim=64, seq_len=256, batch_size=8,
+                     neighbours=3, neighbour_pairs=True, lr=1e-3, min_lr=1e-4, warmup=100,
+                     ema=0.99, max_steps=2800, threads=0),
     # In between: ~11M parameters, a few minutes on one GPU.
     "mini": dict(n_layer=6, n_head=6, d_model=384, cond_dim=128, seq_len=256, batch_size=128,
                  lr=1e-3, warmup=500, ema=0.999, max_steps=20_000, eval_every=1000,
@@ -238,8 +242,13 @@ def check_config(cfg: TrainConfig, split_length=None, *, device_check: bool = Tr
     for key in ("n_layer", "n_head", "d_model", "cond_dim", "seq_len", "batch_size",
                 "log_every", "eval_batches"):
         check(as_int, key, 1)
-    for key in ("max_steps", "warmup", "eval_every", "ckpt_every", "threads", "seed"):
+    for key in ("max_steps", "warmup", "eval_every", "ckpt_every", "threads", "seed", "neighbours"):
         check(as_int, key, 0)
+    if cfg.neighbours >= cfg.seq_len:
+        raise ConfigError(f"--neighbours = {cfg.neighbours} must be below --seq_len = {cfg.seq_len}")
+    if cfg.neighbour_pairs and cfg.neighbours < 2:
+        raise ConfigError(f"--neighbour_pairs true embeds the two tokens on each side: it needs "
+                          f"--neighbours >= 2, got {cfg.neighbours}")
     if cfg.d_model % cfg.n_head or (cfg.d_model // cfg.n_head) % 2:
         raise ConfigError(f"--d_model = {cfg.d_model} must split into --n_head = {cfg.n_head} "
                           f"heads of an even width (rotary embeddings)")

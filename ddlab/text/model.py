@@ -63,6 +63,8 @@ class ModelConfig:
     dropout: float = 0.0
     adaln: bool = True         # False: plain LayerNorm, no conditioning (a plain transformer)
     param: str = "score"       # absorb: "score" (SEDD) or "denoiser" (MDLM)
+    neighbours: int = 0        # k > 0: each position also embeds the tokens up to k places around it
+    neighbour_pairs: bool = False   # and the two tokens on each side of it as one pair (k >= 2)
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -72,6 +74,11 @@ class ModelConfig:
         if self.param == "denoiser" and self.objective != "absorb":
             raise ValueError(f"param='denoiser' (MDLM) needs objective='absorb', got "
                              f"{self.objective!r}: only masked positions have a denoiser to learn")
+        if not 0 <= self.neighbours < self.seq_len:
+            raise ValueError(f"neighbours must be in [0, seq_len = {self.seq_len}), got {self.neighbours!r}")
+        if self.neighbour_pairs and self.neighbours < 2:
+            raise ValueError(f"neighbour_pairs embeds the two tokens on each side: it needs "
+                             f"neighbours >= 2, got {self.neighbours!r}")
         if self.d_model % self.n_head or (self.d_model // self.n_head) % 2:
             raise ValueError(f"d_model = {self.d_model} must split into n_head = {self.n_head} "
                              f"heads of even width (rotary embeddings rotate pairs)")
@@ -89,6 +96,19 @@ class ModelConfig:
     @property
     def causal(self) -> bool:
         return self.objective == "ar"
+
+    @property
+    def offsets(self) -> tuple[int, ...]:
+        """Relative positions of the neighbours a position embeds (causal: only those before it)."""
+        k = self.neighbours
+        return tuple(range(-k, 0)) if self.causal else tuple(o for o in range(-k, k + 1) if o)
+
+    @property
+    def pair_offsets(self) -> tuple[tuple[int, int], ...]:
+        """The pairs of relative positions embedded as one token pair each (causal: the left one)."""
+        if not self.neighbour_pairs:
+            return ()
+        return ((-2, -1),) if self.causal else ((-2, -1), (1, 2))
 
 
 class SigmaEmbedding(nn.Module):
@@ -182,6 +202,13 @@ class DiffusionTransformer(nn.Module):
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.n_in, cfg.d_model)
         nn.init.normal_(self.embed.weight, std=0.02)
+        if cfg.neighbours:
+            # one table per offset (and per pair of offsets), each with a row for every token and
+            # one for "outside the sequence"
+            m = cfg.n_in + 1
+            self.neighbour_embed = nn.Embedding(len(cfg.offsets) * m + len(cfg.pair_offsets) * m * m,
+                                                cfg.d_model)
+            nn.init.normal_(self.neighbour_embed.weight, std=0.02)
         self.sigma_embed = SigmaEmbedding(cfg.cond_dim) if cfg.adaln else None
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.d_model, elementwise_affine=not cfg.adaln)
@@ -210,6 +237,8 @@ class DiffusionTransformer(nn.Module):
         if L > self.cfg.seq_len:
             raise ValueError(f"sequence length {L} exceeds the model's seq_len = {self.cfg.seq_len}")
         h = self.embed(x)
+        if self.cfg.neighbours:
+            h = h + self.embed_neighbours(x)
         cos, sin = self.cos[:L, None].float(), self.sin[:L, None].float()   # (L, 1, hd / 2)
         if not self.cfg.adaln:
             for block in self.blocks:
@@ -224,6 +253,29 @@ class DiffusionTransformer(nn.Module):
         shift, scale = mods[-2:]
         h = modulate(self.ln_f(h), shift, scale)
         return self.head(h)
+
+    def embed_neighbours(self, x: torch.Tensor) -> torch.Tensor:
+        """``sum_o E_o[x_{i+o}] + sum_(o, o') E_(o, o')[x_{i+o}, x_{i+o'}]`` at every position i.
+
+        The first sum is a convolution over one-hot tokens (offsets ``cfg.offsets``), the second
+        embeds pairs of neighbours jointly (``cfg.pair_offsets``), a feature no sum of single
+        embeddings is. Why: a masked position sees nothing of itself, so without these everything
+        it learns about its context comes through attention, which must first learn where its
+        neighbours are; for 300-500 steps a network without them predicts letters at their
+        frequencies. With them the first MLP reads the neighbourhood directly (lesson 9 measures
+        what that is worth). Tokens outside the sequence get an id of their own, n_in.
+        """
+        k, m, L = self.cfg.neighbours, self.cfg.n_in + 1, x.shape[1]
+        padded = F.pad(x, (k, k), value=m - 1)
+
+        def at(o):                                   # x_{i+o} for every i, shape (B, L)
+            return padded[:, k + o: k + o + L]
+
+        idx = [at(o) + j * m for j, o in enumerate(self.cfg.offsets)]
+        base = len(self.cfg.offsets) * m
+        idx += [base + j * m * m + at(o) * m + at(o2)
+                for j, (o, o2) in enumerate(self.cfg.pair_offsets)]
+        return self.neighbour_embed(torch.stack(idx, -1)).sum(-2)
 
     # ---------------------------------------------------------------- score interface
     def log_score(self, x_t: torch.Tensor, sigma_bar) -> torch.Tensor:

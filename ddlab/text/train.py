@@ -262,9 +262,9 @@ class LossLog:
     """The losses of the steps since the last flush, kept on the device; the NaN guard.
 
     :meth:`flush` copies them to the host in one sync, appends them to ``history`` as
-    ``{"step", "loss_bpc"}`` (bits/char) and updates the progress bar; if any rank saw a NaN or
-    inf it raises :class:`TrainingDiverged` on every rank, before the next checkpoint could
-    overwrite the last good one. Under DDP every rank must flush at the same steps.
+    ``{"step", "loss_bpc"}`` (bits/char) and moves the progress bar by as many steps; if any rank
+    saw a NaN or inf it raises :class:`TrainingDiverged` on every rank, before the next checkpoint
+    could overwrite the last good one. Under DDP every rank must flush at the same steps.
     """
 
     def __init__(self, history: list, ckpt_path, device, *, step: int, tokens_per_step: int,
@@ -284,8 +284,6 @@ class LossLog:
 
     def append(self, loss: torch.Tensor) -> None:
         self.pending.append(loss)
-        if self.bar is not None:
-            self.bar.update(1)
 
     def flush(self, step: int) -> None:
         if not self.pending:
@@ -307,6 +305,10 @@ class LossLog:
         self.history.extend({"step": first + k, "loss_bpc": float(v), "seconds": now}
                             for k, v in enumerate(vals))
         if self.bar is not None:
+            # the bar moves at flushes only: in a notebook it is a widget, every update a message
+            # to the front end (with the bar, a CPU run in a notebook took 94 ms a step, without
+            # it 86: benchmarks/RESULTS.md)
+            self.bar.update(len(vals))
             rate = self.tokens_per_s(step, self.seconds())
             self.bar.set_postfix(loss=f"{vals[-1] * LN2:.3f}", bpc=f"{vals[-1]:.3f}",
                                  tok_s=f"{rate:,.0f}")
