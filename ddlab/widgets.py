@@ -448,6 +448,13 @@ def clamp_view(pattern: str = "?a?", steps: int = 16, noise: str = "uniform", ax
             "kl": kl, "fig": fig}
 
 
+def weighted_words() -> torch.Tensor:
+    """p0 (5, 5, 5) of lessons 8, 10 and 11: "cab", "bad", "dab", "abc", "bca" with weights
+    4, 3, 2, 2, 1 over the letters a-d, MASK = 4 (``sequences.words_toy``)."""
+    from .sequences import words_toy
+    return words_toy(["cab", "bad", "dab", "abc", "bca"], weights=[4, 3, 2, 2, 1], mask=True)[0]
+
+
 _MASKED_CACHE: dict = {}
 MASKED_GRID = tuple(float(v) for v in np.linspace(0.02, 1.0, 50))
 
@@ -457,8 +464,8 @@ def masked_toy():
     denoiser smoothed towards uniform (``mdlm.smoothed_denoiser_fn``, mix 0.3)."""
     if not _MASKED_CACHE:
         from .mdlm import denoiser_fn_from_score_fn, smoothed_denoiser_fn
-        from .sequences import exact_score_fn, words_toy
-        p0, _ = words_toy(["cab", "bad", "dab", "abc", "bca"], weights=[4, 3, 2, 2, 1], mask=True)
+        from .sequences import exact_score_fn
+        p0 = weighted_words()
         sched = LogLinear(1e-4)
         score_fn = exact_score_fn(p0, Absorbing(5), sched, off_support="conditional")
         _MASKED_CACHE["toy"] = (sched, smoothed_denoiser_fn(denoiser_fn_from_score_fn(score_fn, 5), 5), p0)
@@ -525,7 +532,7 @@ __all__ = ["KINDS", "SCHEDULES", "P0", "CUSTOM_Q", "toy_chain", "toy_schedule", 
            "WIDGETS"]
 
 __all__ += ["likelihood_toy", "bound_view", "CLAMP_PATTERNS", "CLAMP_NOISES", "clamp_toy",
-            "clamp_view", "masked_toy", "mdlm_weight_view"]
+            "clamp_view", "weighted_words", "masked_toy", "mdlm_weight_view"]
 
 
 # ------------------------------------------------------------------ lesson 10: masking schedules
@@ -540,8 +547,8 @@ def schedule_toy():
     denoiser, the words as a (5, 3) batch ``x0`` and their probabilities ``w0``."""
     if not _SCHEDULE_CACHE:
         from .mdlm import denoiser_fn_from_score_fn
-        from .sequences import all_sequences, exact_score_fn, words_toy
-        p0, _ = words_toy(["cab", "bad", "dab", "abc", "bca"], weights=[4, 3, 2, 2, 1], mask=True)
+        from .sequences import all_sequences, exact_score_fn
+        p0 = weighted_words()
         score_fn = exact_score_fn(p0, Absorbing(5), off_support="conditional")
         flat = p0.reshape(-1)
         _SCHEDULE_CACHE["toy"] = (p0, denoiser_fn_from_score_fn(score_fn, 5),
@@ -625,8 +632,8 @@ def words_sampler_toy():
     leave the words), and the judge: p0 mixed with 1% of the uniform law on the 64 clean
     sequences (a judge that has never seen a non-word still gives it a finite cost)."""
     if "toy" not in _KNOB_CACHE:
-        from .sequences import exact_score_fn, words_toy
-        p0, _ = words_toy(["cab", "bad", "dab", "abc", "bca"], weights=[4, 3, 2, 2, 1], mask=True)
+        from .sequences import exact_score_fn
+        p0 = weighted_words()
         rm, sched = Absorbing(5), LogLinear(1e-3)
         clean = torch.zeros_like(p0)
         clean[:4, :4, :4] = 1.0 / 64

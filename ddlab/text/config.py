@@ -91,10 +91,11 @@ class TrainConfig:
 
 
 PRESETS: dict[str, dict] = {
-    # The CPU recipe of lesson 9: under 4 minutes on 2 cores (68 ms a step from the shell, 77-81
-    # in a notebook, with its EMA, clipping and logging). A sweep at equal compute (benchmarks/RESULTS.md, "The CPU recipe")
-    # found: the neighbour embeddings end the plateau at the letters-only level (3.58 -> 3.15
-    # bits/char at 600 steps, 3.01 -> 2.67 at 3,300), 256-character crops beat 128 at equal
+    # The CPU recipe of lesson 9: about 4 minutes a model on 2 cores (68-89 ms a step from the
+    # shell, 80-90 in a notebook, EMA, clipping and logging included; lesson 9's runs: 206-252 s).
+    # A sweep at equal compute (benchmarks/RESULTS.md, "The CPU recipe") found: the neighbour
+    # embeddings end the plateau at the letters-only level (3.58 -> 3.15 bits/char at 600 steps;
+    # 2.87 -> 2.65 on lesson 9's test chunks after 3,300), 256-character crops beat 128 at equal
     # characters per step (2.67 -> 2.61), embedded pairs of neighbours add a little (2.61 -> 2.58);
     # 2 layers beat 3 or 4 (more steps for the same time), lr 1e-3 with a cosine decay to 1e-4.
     # threads 0: every core (pass --threads 1 on a machine shared with other work).
@@ -242,7 +243,8 @@ def check_config(cfg: TrainConfig, split_length=None, *, device_check: bool = Tr
     for key in ("n_layer", "n_head", "d_model", "cond_dim", "seq_len", "batch_size",
                 "log_every", "eval_batches"):
         check(as_int, key, 1)
-    for key in ("max_steps", "warmup", "eval_every", "ckpt_every", "threads", "seed", "neighbours"):
+    for key in ("max_steps", "warmup", "eval_every", "ckpt_every", "threads", "seed",
+                "neighbours"):
         check(as_int, key, 0)
     if cfg.neighbours >= cfg.seq_len:
         raise ConfigError(f"--neighbours = {cfg.neighbours} must be below --seq_len = {cfg.seq_len}")

@@ -8,6 +8,8 @@ returns, for every position i and token y, a log-ratio ``log s[b, i, y]`` estima
 Pieces (as in SEDD's DiT-style network, written from the paper's description):
 
 * tokens -> embeddings; positions enter through rotary embeddings in every attention layer;
+  optionally (``neighbours``, ``neighbour_pairs``; ddlab's addition, on in ``tiny-cpu``) each
+  position also embeds the tokens around it, see :meth:`DiffusionTransformer.embed_neighbours`;
 * sigma_bar -> sinusoidal features -> MLP -> a conditioning vector c;
 * each block: ``x += gate_a * Attn(modulate(LN(x), shift_a, scale_a))`` and the same for the MLP
   (exact GELU), with (shift, scale, gate) = Linear(c), initialised to zero ("adaLN-zero": every
@@ -75,7 +77,8 @@ class ModelConfig:
             raise ValueError(f"param='denoiser' (MDLM) needs objective='absorb', got "
                              f"{self.objective!r}: only masked positions have a denoiser to learn")
         if not 0 <= self.neighbours < self.seq_len:
-            raise ValueError(f"neighbours must be in [0, seq_len = {self.seq_len}), got {self.neighbours!r}")
+            raise ValueError(f"neighbours must be in [0, seq_len = {self.seq_len}), "
+                             f"got {self.neighbours!r}")
         if self.neighbour_pairs and self.neighbours < 2:
             raise ValueError(f"neighbour_pairs embeds the two tokens on each side: it needs "
                              f"neighbours >= 2, got {self.neighbours!r}")
@@ -206,8 +209,8 @@ class DiffusionTransformer(nn.Module):
             # one table per offset (and per pair of offsets), each with a row for every token and
             # one for "outside the sequence"
             m = cfg.n_in + 1
-            self.neighbour_embed = nn.Embedding(len(cfg.offsets) * m + len(cfg.pair_offsets) * m * m,
-                                                cfg.d_model)
+            rows = len(cfg.offsets) * m + len(cfg.pair_offsets) * m * m
+            self.neighbour_embed = nn.Embedding(rows, cfg.d_model)
             nn.init.normal_(self.neighbour_embed.weight, std=0.02)
         self.sigma_embed = SigmaEmbedding(cfg.cond_dim) if cfg.adaln else None
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
@@ -261,7 +264,7 @@ class DiffusionTransformer(nn.Module):
         embeds pairs of neighbours jointly (``cfg.pair_offsets``), a feature no sum of single
         embeddings is. Why: a masked position sees nothing of itself, so without these everything
         it learns about its context comes through attention, which must first learn where its
-        neighbours are; for 300-500 steps a network without them predicts letters at their
+        neighbours are; for 200-500 steps a network without them predicts letters at their
         frequencies. With them the first MLP reads the neighbourhood directly (lesson 9 measures
         what that is worth). Tokens outside the sequence get an id of their own, n_in.
         """
