@@ -206,7 +206,8 @@ def test_neighbour_embedding_is_the_sum_of_table_rows_by_hand(objective):
                 want[b, i] += W[base + j * rows * rows + tok(b, i + o) * rows + tok(b, i + o2)]
     torch.testing.assert_close(m.embed_neighbours(x), want, rtol=0, atol=1e-6)
     assert cfg.offsets == ((-3, -2, -1) if objective == "ar" else (-3, -2, -1, 1, 2, 3))
-    assert cfg.pair_offsets == (((-2, -1),) if objective == "ar" else ((-2, -1), (1, 2)))
+    assert cfg.pair_offsets == (((-3, -2), (-2, -1)) if objective == "ar"
+                                else ((-3, -2), (-2, -1), (-1, 1), (1, 2), (2, 3)))
 
 
 def test_neighbour_embedding_sees_k_places_and_the_ar_model_stays_causal():

@@ -52,7 +52,7 @@ class TrainConfig:
     seq_len: int = 128
     dropout: float = 0.0
     neighbours: int = 0            # k > 0: each position also embeds the tokens k places around it
-    neighbour_pairs: bool = False  # and the two tokens on each side of it as pairs (k >= 2)
+    neighbour_pairs: bool = False  # and every two adjacent ones among them as pairs (k >= 2)
     # ---- data
     data: str = "text8"            # text8 | fallback | pydoc | path of a text8-format .txt file
     fallback: bool = True          # use the offline corpus (with a warning) when text8 is missing
@@ -92,11 +92,14 @@ class TrainConfig:
 
 PRESETS: dict[str, dict] = {
     # The CPU recipe of lesson 9: about 4 minutes a model on 2 cores (68-89 ms a step from the
-    # shell, 80-90 in a notebook, EMA, clipping and logging included; lesson 9's runs: 206-252 s).
+    # shell, 70-90 in a notebook, EMA, clipping and logging included; lesson 9's runs, three
+    # executions: 185-252 s).
     # A sweep at equal compute (benchmarks/RESULTS.md, "The CPU recipe") found: the neighbour
     # embeddings end the plateau at the letters-only level (3.58 -> 3.15 bits/char at 600 steps;
     # 2.87 -> 2.65 on lesson 9's test chunks after 3,300), 256-character crops beat 128 at equal
-    # characters per step (2.67 -> 2.61), embedded pairs of neighbours add a little (2.61 -> 2.58);
+    # characters per step (2.67 -> 2.61), embedded pairs of neighbours add a little (2.61 -> 2.58;
+    # all five adjacent pairs instead of two, 2.58 -> 2.53 on valid chunks); the sigma_bar input
+    # matters although absorbing noise needs none in theory (time_input=False: 2.58 -> 2.81);
     # 2 layers beat 3 or 4 (more steps for the same time), lr 1e-3 with a cosine decay to 1e-4.
     # threads 0: every core (pass --threads 1 on a machine shared with other work).
     "tiny-cpu": dict(n_layer=2, n_head=4, d_model=128, cond_dim=64, seq_len=256, batch_size=8,
@@ -249,7 +252,7 @@ def check_config(cfg: TrainConfig, split_length=None, *, device_check: bool = Tr
     if cfg.neighbours >= cfg.seq_len:
         raise ConfigError(f"--neighbours = {cfg.neighbours} must be below --seq_len = {cfg.seq_len}")
     if cfg.neighbour_pairs and cfg.neighbours < 2:
-        raise ConfigError(f"--neighbour_pairs true embeds the two tokens on each side: it needs "
+        raise ConfigError(f"--neighbour_pairs true embeds pairs of adjacent neighbours: it needs "
                           f"--neighbours >= 2, got {cfg.neighbours}")
     if cfg.d_model % cfg.n_head or (cfg.d_model // cfg.n_head) % 2:
         raise ConfigError(f"--d_model = {cfg.d_model} must split into --n_head = {cfg.n_head} "

@@ -66,7 +66,7 @@ class ModelConfig:
     adaln: bool = True         # False: plain LayerNorm, no conditioning (a plain transformer)
     param: str = "score"       # absorb: "score" (SEDD) or "denoiser" (MDLM)
     neighbours: int = 0        # k > 0: each position also embeds the tokens up to k places around it
-    neighbour_pairs: bool = False   # and the two tokens on each side of it as one pair (k >= 2)
+    neighbour_pairs: bool = False   # and every two adjacent ones among them as one pair (k >= 2)
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -80,7 +80,7 @@ class ModelConfig:
             raise ValueError(f"neighbours must be in [0, seq_len = {self.seq_len}), "
                              f"got {self.neighbours!r}")
         if self.neighbour_pairs and self.neighbours < 2:
-            raise ValueError(f"neighbour_pairs embeds the two tokens on each side: it needs "
+            raise ValueError(f"neighbour_pairs embeds pairs of adjacent neighbours: it needs "
                              f"neighbours >= 2, got {self.neighbours!r}")
         if self.d_model % self.n_head or (self.d_model // self.n_head) % 2:
             raise ValueError(f"d_model = {self.d_model} must split into n_head = {self.n_head} "
@@ -108,10 +108,12 @@ class ModelConfig:
 
     @property
     def pair_offsets(self) -> tuple[tuple[int, int], ...]:
-        """The pairs of relative positions embedded as one token pair each (causal: the left one)."""
+        """The pairs of relative positions embedded as one token pair each: every two offsets next
+        to each other in :attr:`offsets`, including the pair (-1, +1) across the position itself
+        (k = 3: (-3, -2), (-2, -1), (-1, 1), (1, 2), (2, 3); causal: (-3, -2), (-2, -1))."""
         if not self.neighbour_pairs:
             return ()
-        return ((-2, -1),) if self.causal else ((-2, -1), (1, 2))
+        return tuple(zip(self.offsets, self.offsets[1:]))
 
 
 class SigmaEmbedding(nn.Module):
@@ -261,8 +263,8 @@ class DiffusionTransformer(nn.Module):
         """``sum_o E_o[x_{i+o}] + sum_(o, o') E_(o, o')[x_{i+o}, x_{i+o'}]`` at every position i.
 
         The first sum is a convolution over one-hot tokens (offsets ``cfg.offsets``), the second
-        embeds pairs of neighbours jointly (``cfg.pair_offsets``), a feature no sum of single
-        embeddings is. Why: a masked position sees nothing of itself, so without these everything
+        embeds adjacent pairs of neighbours jointly (``cfg.pair_offsets``), a feature no sum of
+        single embeddings is. Why: a masked position sees nothing of itself, so without these everything
         it learns about its context comes through attention, which must first learn where its
         neighbours are; for 200-500 steps a network without them predicts letters at their
         frequencies. With them the first MLP reads the neighbourhood directly (lesson 9 measures
