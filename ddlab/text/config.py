@@ -91,20 +91,21 @@ class TrainConfig:
 
 
 PRESETS: dict[str, dict] = {
-    # The CPU recipe of lesson 9: about 4 minutes a model on 2 cores (68-89 ms a step from the
-    # shell, 70-90 in a notebook, EMA, clipping and logging included; lesson 9's runs, three
-    # executions: 185-252 s).
-    # A sweep at equal compute (benchmarks/RESULTS.md, "The CPU recipe") found: the neighbour
+    # The CPU recipe of lesson 9: about 4 minutes a model on 2 cores (49-55 ms a train_step quietly;
+    # lesson 9's notebook run: 176-230 s a model, benchmarks/RESULTS.md).
+    # Sweeps at equal compute (benchmarks/RESULTS.md, "The CPU recipe") found: the neighbour
     # embeddings end the plateau at the letters-only level (3.58 -> 3.15 bits/char at 600 steps;
     # 2.87 -> 2.65 on lesson 9's test chunks after 3,300), 256-character crops beat 128 at equal
     # characters per step (2.67 -> 2.61), embedded pairs of neighbours add a little (2.61 -> 2.58;
-    # all five adjacent pairs instead of two, 2.58 -> 2.53 on valid chunks); the sigma_bar input
-    # matters although absorbing noise needs none in theory (time_input=False: 2.58 -> 2.81);
-    # 2 layers beat 3 or 4 (more steps for the same time), lr 1e-3 with a cosine decay to 1e-4.
+    # all adjacent pairs instead of two, 2.58 -> 2.53 on valid chunks); the sigma_bar input
+    # matters although absorbing noise needs none in theory (time_input=False: 2.58 -> 2.81).
+    # With the neighbours, fewer layers and more steps win: one layer at 5,000 steps beat two at
+    # 2,800 in the same time (2.53 -> 2.48), five neighbours a side beat three (2.48 -> 2.42), and
+    # lr 6e-4 beat 1e-3 and 2e-3 (2.42 -> 2.39; 2.50 at 2e-3), cosine decay to 1e-4.
     # threads 0: every core (pass --threads 1 on a machine shared with other work).
-    "tiny-cpu": dict(n_layer=2, n_head=4, d_model=128, cond_dim=64, seq_len=256, batch_size=8,
-                     neighbours=3, neighbour_pairs=True, lr=1e-3, min_lr=1e-4, warmup=100,
-                     ema=0.99, max_steps=2800, threads=0),
+    "tiny-cpu": dict(n_layer=1, n_head=4, d_model=128, cond_dim=64, seq_len=256, batch_size=8,
+                     neighbours=5, neighbour_pairs=True, lr=6e-4, min_lr=1e-4, warmup=100,
+                     ema=0.99, max_steps=4200, threads=0),
     # In between: ~11M parameters, a few minutes on one GPU.
     "mini": dict(n_layer=6, n_head=6, d_model=384, cond_dim=128, seq_len=256, batch_size=128,
                  lr=1e-3, warmup=500, ema=0.999, max_steps=20_000, eval_every=1000,
