@@ -370,3 +370,18 @@ def test_evaluating_a_good_run_with_an_odd_data_folder_does_not_crash(tmp_path, 
         r = evaluate.evaluate_run(tmp_path / "run", "valid", num_t=2, max_chunks=2)
     assert not [w for w in again if issubclass(w.category, data.FallbackWarning)]
     assert np.isfinite(r["bpc"]) and "fallback" in r["corpus"]
+
+
+def test_weights_of_an_older_network_name_the_remedy(runs, tmp_path):
+    """A checkpoint whose weights no longer fit the network (an older ddlab's neighbour tables:
+    a different number of rows) is refused with a CheckpointError that says to retrain."""
+    import shutil
+    run = tmp_path / "old"
+    shutil.copytree(runs["absorb"], run)
+    ck = torch.load(run / CKPT_NAME, weights_only=False)
+    w = ck["model"]["neighbour_embed.weight"]
+    ck["model"]["neighbour_embed.weight"] = w[: w.shape[0] // 2].clone()
+    torch.save(ck, run / CKPT_NAME)
+    with pytest.raises(checkpoint.CheckpointError, match="neighbour_embed.*retrain it"):
+        checkpoint.load_model(run)
+    checkpoint.load_model(runs["absorb"])                   # the untouched run still loads

@@ -215,8 +215,12 @@ def load_model(run_dir, device="cpu", ema: bool = True):
                 for p, s in zip(model.parameters(), shadow):
                     p.copy_(s)
     except (RuntimeError, KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(f"{path}: the weights do not fit the saved configuration "
-                              f"({' '.join(str(err).split())[:300]})") from None
+        # the usual cause: a run saved by an older ddlab whose network has changed since (lesson
+        # 9's neighbour pairs did), so the message says what to do, not only what broke
+        raise CheckpointError(f"{path}: the weights do not fit the network this ddlab builds "
+                              f"for the saved configuration ({' '.join(str(err).split())[:300]}); "
+                              f"a run saved by an older ddlab whose network has changed since "
+                              f"cannot be loaded: retrain it") from None
     rm, schedule = build_process(cfg)
     return model.to(device).eval(), cfg, rm, schedule
 
