@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -375,7 +376,6 @@ def test_evaluating_a_good_run_with_an_odd_data_folder_does_not_crash(tmp_path, 
 def test_weights_of_an_older_network_name_the_remedy(runs, tmp_path):
     """A checkpoint whose weights no longer fit the network (an older ddlab's neighbour tables:
     a different number of rows) is refused with a CheckpointError that says to retrain."""
-    import shutil
     run = tmp_path / "old"
     shutil.copytree(runs["absorb"], run)
     ck = torch.load(run / CKPT_NAME, weights_only=False)

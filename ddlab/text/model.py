@@ -264,11 +264,11 @@ class DiffusionTransformer(nn.Module):
 
         The first sum is a convolution over one-hot tokens (offsets ``cfg.offsets``), the second
         embeds adjacent pairs of neighbours jointly (``cfg.pair_offsets``), a feature no sum of
-        single embeddings is. Why: a masked position sees nothing of itself, so without these everything
-        it learns about its context comes through attention, which must first learn where its
-        neighbours are; for 200-500 steps a network without them predicts letters at their
-        frequencies. With them the first MLP reads the neighbourhood directly (lesson 9 measures
-        what that is worth). Tokens outside the sequence get an id of their own, n_in.
+        single embeddings is. Why: a masked position sees nothing of itself, so without these
+        everything it learns about its context comes through attention, which must first learn
+        where its neighbours are; for 200-500 steps a network without them predicts letters at
+        their frequencies. With them the first MLP reads the neighbourhood directly (lesson 9
+        measures what that is worth). Tokens outside the sequence get an id of their own, n_in.
         """
         k, m, L = self.cfg.neighbours, self.cfg.n_in + 1, x.shape[1]
         padded = F.pad(x, (k, k), value=m - 1)
